@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch installed first where its wheel lies on local disk, so that
+# set-up never pulls a multi-GB CUDA build here. Elsewhere pip takes torch from PyPI;
+# GPU users install the torch build for their CUDA into the venv first (see README).
+TORCH_VERSION ?= 2.13.0
+TORCH_WHEELS ?= /opt/wheels
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	if ls $(TORCH_WHEELS)/torch-$(TORCH_VERSION)*.whl >/dev/null 2>&1 \
+	    && ! $(BIN)/python -c 'import torch' 2>/dev/null; then \
+	  $(BIN)/python -m pip install -q --find-links $(TORCH_WHEELS) torch==$(TORCH_VERSION); \
+	fi
+	touch $@
+
+$(VENV)/.base: pyproject.toml $(VENV)/.torch
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.base
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(BIN)/sievetrain bench
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) sievetrain-bench

@@ -1,0 +1,5 @@
+import sys
+
+from sievetrain.cli import main
+
+sys.exit(main())

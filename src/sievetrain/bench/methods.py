@@ -1,0 +1,77 @@
+"""The methods sievetrain registers. A new method is a new entry here (or in a
+module that calls ``register``), not an edit of the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sievetrain.bench.registry import Method, register
+from sievetrain.optim import OPTIMIZER_DEFAULTS, build_optimizer
+from sievetrain.sampling import SoftRandomSampler
+
+__all__: list[str] = []
+
+SRS_OPTIONS = {
+    "interval": 1,  # epochs between fresh subsets (R); 0 = one subset for the whole run
+    "replacement": False,  # True: m i.i.d. indices per epoch instead of m distinct ones
+    "granularity": "sample",  # "sample" or "batch" (whole fixed mini-batches, as on CIFAR-10)
+    "warm_start": 0,  # epochs on the full data before sampling starts
+}
+
+
+def _srs(ratio: float | None, opts: dict[str, Any], ctx: dict[str, Any]) -> SoftRandomSampler:
+    return SoftRandomSampler(
+        ctx["n"],
+        1.0 if ratio is None else ratio,
+        seed=ctx["seed"],
+        interval=opts["interval"],
+        within_epoch_replacement=opts["replacement"],
+        granularity=opts["granularity"],
+        batch_size=ctx["batch_size"],
+        warm_start_epochs=opts["warm_start"],
+    )
+
+
+def _fixed(ratio: float | None, opts: dict[str, Any], ctx: dict[str, Any]) -> SoftRandomSampler:
+    return _srs(ratio, {**SRS_OPTIONS, **opts, "interval": 0}, ctx)
+
+
+def _optimizer(name: str):
+    def build(value: float | None, opts: dict[str, Any], ctx: dict[str, Any]):
+        return build_optimizer(name, ctx["params"], **opts)
+
+    return build
+
+
+register(
+    Method(
+        "full",
+        "sampler",
+        "full data, reshuffled every epoch (the baseline)",
+        lambda value, opts, ctx: _srs(1.0, {**SRS_OPTIONS}, ctx),
+    )
+)
+register(
+    Method(
+        "srs",
+        "sampler",
+        "Soft Random Sampling: a fresh uniform random subset every `interval` epochs",
+        _srs,
+        knob="ratio",
+        default=0.3,
+        options=SRS_OPTIONS,
+    )
+)
+register(
+    Method(
+        "fixed",
+        "sampler",
+        "one uniform random subset for the whole run (SRS with interval 0)",
+        _fixed,
+        knob="ratio",
+        default=0.3,
+        options={k: v for k, v in SRS_OPTIONS.items() if k in ("granularity", "replacement")},
+    )
+)
+register(Method("sgd", "optimizer", "SGD with Nesterov momentum", _optimizer("sgd"), options=OPTIMIZER_DEFAULTS["sgd"]))
+register(Method("adam", "optimizer", "Adam (torch.optim.Adam)", _optimizer("adam"), options=OPTIMIZER_DEFAULTS["adam"]))

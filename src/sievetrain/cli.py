@@ -1,0 +1,178 @@
+"""The command line: ``sievetrain train``, ``sievetrain bench``, ``sievetrain methods``.
+
+Bad input ends with a one-line message on stderr and exit code 2, before any
+training starts; results are written as runs finish, so an interrupted bench
+loses at most the epoch in progress (``--resume`` continues it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sievetrain.bench import REGISTRY, RESULTS, prepare, run_bench, write_report
+from sievetrain.bench.runner import check_output
+from sievetrain.data import DATASETS, load_dataset
+from sievetrain.train import TrainConfig
+
+__all__ = ["main"]
+
+DEFAULT_METHODS = "full,srs:0.1,srs:0.3,srs:0.5,fixed:0.3"
+DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.command == "methods":
+        print(_methods_table())
+        return 0
+    try:
+        bench, out = _setup(args)
+    except (ValueError, OSError) as error:
+        print(f"sievetrain: error: {error}", file=sys.stderr)
+        return 2
+    log = _Log(quiet=args.quiet)
+    total = len(bench.runs) * len(bench.seeds)
+    count = iter(range(1, total + 1))
+    try:
+        records = run_bench(
+            bench,
+            out,
+            resume=args.resume,
+            progress=log.interactive,
+            on_run=lambda r: log.run(next(count), total, r),
+            on_epoch=log.epoch if args.command == "train" else None,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"sievetrain: interrupted; finished runs are in {out / RESULTS}, "
+            "the run in progress resumes from its last epoch with --resume",
+            file=sys.stderr,
+        )
+        return 130
+    table = write_report(out, records, command=shlex.join(["sievetrain", *argv]),
+                         target=bench.config.target_accuracy)
+    print(table, end="")
+    print(f"results: {out / RESULTS}\nreport:  {out / 'report.md'}\nplot:    {out / 'accuracy_vs_time.png'}")
+    return 0
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
+    if args.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
+    methods = [args.method] if args.command == "train" else _split(args.methods)
+    seeds = [args.seed] if args.command == "train" else _parse_seeds(args.seeds)
+    sets = dict(_parse_set(s) for s in args.set)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    config = TrainConfig(
+        epochs=args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.dataset],
+        batch_size=args.batch_size,
+        target_accuracy=args.target_accuracy,
+        device=device,
+    )
+    out = _writable_dir(Path(args.out))
+    check_output(out, resume=args.resume)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, train_size=args.train_size,
+                        test_size=args.test_size)
+    return prepare(data, methods, seeds, model=args.model, config=config, sets=sets), out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sievetrain", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one method with one seed")
+    train.add_argument("--method", default="full", help="NAME[:VALUE][/KEY=VALUE]... joined by '+' (default: full)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default="sievetrain-train", help="output directory")
+    bench = sub.add_parser("bench", help="compare methods over seeds, interleaved")
+    bench.add_argument("--methods", default=DEFAULT_METHODS,
+                       help=f"comma-separated methods (default: {DEFAULT_METHODS})")
+    bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    bench.add_argument("--out", default="sievetrain-bench", help="output directory")
+    for p in (train, bench):
+        p.add_argument("--dataset", default="mnist1d", help=f"one of {', '.join(DATASETS)}")
+        p.add_argument("--model", default=None, help="reference model (default: the dataset's)")
+        p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+        p.add_argument("--train-size", type=int, default=None, help="training samples to use")
+        p.add_argument("--test-size", type=int, default=None, help="test samples to use")
+        p.add_argument("--epochs", type=int, default=None,
+                       help=f"epochs (default per dataset: {DEFAULT_EPOCHS})")
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a training or method hyperparameter for every run")
+        p.add_argument("--target-accuracy", type=float, default=None,
+                       help="fraction; time to reach it is reported (default: full data's final - 1 pt)")
+        p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
+        p.add_argument("--resume", action="store_true", help="skip finished runs, continue the interrupted one")
+        p.add_argument("--quiet", action="store_true", help="print only the final table")
+    sub.add_parser("methods", help="list the registered methods, their knobs and defaults")
+    return parser
+
+
+def _split(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in _split(text):
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"invalid seed {part!r} in --seeds {text!r}: expected integers") from None
+    if not seeds:
+        raise ValueError(f"no seeds in --seeds {text!r}")
+    return seeds
+
+
+def _parse_set(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise ValueError(f"invalid --set {text!r}: expected KEY=VALUE")
+    return key.strip(), value
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".sievetrain-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"output directory {str(path)!r} is not writable: {error.strerror}") from None
+    return path
+
+
+def _methods_table() -> str:
+    lines = ["| method | level | value (default) | options (defaults) | what |", "|---|---|---|---|---|"]
+    for m in REGISTRY.values():
+        value = f"{m.knob} ({m.default})" if m.knob else "—"
+        options = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "—"
+        lines.append(f"| {m.name} | {m.level} | {value} | {options} | {m.summary} |")
+    return "\n".join(lines)
+
+
+class _Log:
+    """Progress lines on stderr; a progress bar only on a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.interactive = not quiet and sys.stderr.isatty()
+
+    def run(self, i: int, total: int, r: dict[str, Any]) -> None:
+        if not self.quiet:
+            print(f"[{i}/{total}] {r['method']} seed {r['seed']}: test accuracy "
+                  f"{100 * r['final_test_accuracy']:.2f}%, train {r['train_time_s']:.1f} s "
+                  f"(eval {r['eval_time_s']:.1f} s)", file=sys.stderr)
+
+    def epoch(self, h: dict[str, Any]) -> None:
+        if not self.quiet:
+            print(f"epoch {h['epoch']}: test accuracy {100 * h['test_accuracy']:.2f}%, "
+                  f"train loss {h['train_loss']:.4f}, train {h['train_time_s']:.1f} s, "
+                  f"coverage {100 * h['coverage']:.1f}%", file=sys.stderr)

@@ -1,0 +1,56 @@
+"""Reference models with named stages, and a registry to build them by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from sievetrain.models.cnn import MNIST1DCNN, FashionCNN, StagedSequential
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "FashionCNN",
+    "MNIST1DCNN",
+    "StagedSequential",
+    "build_model",
+]
+
+# Model name -> constructor taking (num_classes=, in_channels=).
+MODELS: dict[str, Callable[..., StagedSequential]] = {
+    "mnist1d-cnn": MNIST1DCNN,
+    "fashion-cnn": FashionCNN,
+}
+
+# Dataset name -> the model used for it by default.
+DEFAULT_MODEL: dict[str, str] = {"mnist1d": "mnist1d-cnn", "fashion-mnist": "fashion-cnn"}
+
+
+def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Construct a registered model for samples of ``input_shape``.
+
+    Parameters are initialised from the global torch RNG, unseeded here: the
+    caller owns that seed (e.g. under ``torch.random.fork_rng``).
+
+    Args:
+        name: A key of :data:`MODELS`.
+        num_classes: Number of output logits, > 0.
+        input_shape: Shape of one sample, channels first: ``(C, L)`` or ``(C, H, W)``.
+
+    Raises:
+        ValueError: Unknown ``name``, ``num_classes`` <= 0, or an ``input_shape``
+            with the wrong number of dimensions for the model.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if num_classes <= 0:
+        raise ValueError(f"num_classes must be > 0, got {num_classes}")
+    factory = MODELS[name]
+    ndim = getattr(factory, "input_ndim", None)
+    if ndim is not None and len(input_shape) != ndim:
+        raise ValueError(
+            f"model {name!r} takes samples with {ndim} dimensions (channels first), "
+            f"got input_shape={tuple(input_shape)}"
+        )
+    return factory(num_classes=num_classes, in_channels=input_shape[0])

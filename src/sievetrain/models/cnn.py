@@ -1,0 +1,108 @@
+"""Small reference CNNs built from named stages.
+
+Each model is an ``nn.Sequential`` whose children are named stages
+(``stem``, ``stage1``, ``stage2``, ``head``); early exits attach after a named
+stage, and ``head`` produces the logits. Batch norm but no dropout, so a
+forward pass consumes no randomness.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+__all__ = ["FashionCNN", "MNIST1DCNN", "StagedSequential"]
+
+
+class StagedSequential(nn.Sequential):
+    """``nn.Sequential`` of named stages, the last one named ``"head"``."""
+
+    input_ndim: int  # dimensions of one sample, channels included
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Names of the stages in forward order; the last is ``"head"``."""
+        return tuple(name for name, _ in self.named_children())
+
+
+def _conv1d(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
+    # No conv bias: the batch norm right after it has one.
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _conv2d(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class MNIST1DCNN(StagedSequential):
+    """1-D CNN for MNIST-1D, input ``(B, C, 40)``.
+
+    Shapes for length 40 and ``width`` w: stem ``(B, w, 40)``, stage1
+    ``(B, w, 20)``, stage2 ``(B, 2w, 10)``, head ``(B, num_classes)``. The head
+    pools to 5 positions rather than 1 because where a feature sits along the
+    sequence matters for MNIST-1D digits.
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Channels of the input sequence.
+        width: Channels of the first stage; the second has ``2 * width``.
+    """
+
+    input_ndim = 2
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__(
+            OrderedDict(
+                stem=_conv1d(in_channels, width, 5),
+                stage1=nn.Sequential(_conv1d(width, width, 3), nn.MaxPool1d(2)),
+                stage2=nn.Sequential(
+                    _conv1d(width, 2 * width, 3), _conv1d(2 * width, 2 * width, 3), nn.MaxPool1d(2)
+                ),
+                head=nn.Sequential(
+                    nn.AdaptiveAvgPool1d(5), nn.Flatten(), nn.Linear(2 * width * 5, num_classes)
+                ),
+            )
+        )
+
+
+class FashionCNN(StagedSequential):
+    """2-D CNN for Fashion-MNIST, input ``(B, C, 28, 28)``.
+
+    Shapes for 28x28 input: stem ``(B, 16, 14, 14)``, stage1 ``(B, 32, 7, 7)``,
+    stage2 ``(B, 64, 7, 7)``, head ``(B, num_classes)``. Sized to train an epoch
+    of 60,000 images in about 20 s on two CPU cores.
+
+    The weights are stored channels-last: on CPU, max pooling and convolution
+    run about 1.7x faster in that layout, and a one-channel input is already
+    channels-last, so callers need not convert anything.
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Channels of the input image.
+    """
+
+    input_ndim = 3
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__(
+            OrderedDict(
+                stem=nn.Sequential(_conv2d(in_channels, 16), nn.MaxPool2d(2)),
+                stage1=nn.Sequential(_conv2d(16, 32), nn.MaxPool2d(2)),
+                stage2=_conv2d(32, 64),
+                # Adaptive pooling is the identity for 28x28 input and keeps other sizes working.
+                head=nn.Sequential(
+                    nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(64 * 7 * 7, num_classes)
+                ),
+            )
+        )
+        self.to(memory_format=torch.channels_last)

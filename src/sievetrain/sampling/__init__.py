@@ -1,0 +1,25 @@
+"""Epoch-level sampling: which samples an epoch trains on (Soft Random Sampling) and coverage."""
+
+from sievetrain.sampling.coverage import (
+    CoverageTracker,
+    expected_coverage,
+    expected_epochs_to_full_coverage,
+)
+from sievetrain.sampling.srs import (
+    SoftRandomSampler,
+    batch_partition,
+    selection_round,
+    soft_random_indices,
+    subset_size,
+)
+
+__all__ = [
+    "CoverageTracker",
+    "SoftRandomSampler",
+    "batch_partition",
+    "expected_coverage",
+    "expected_epochs_to_full_coverage",
+    "selection_round",
+    "soft_random_indices",
+    "subset_size",
+]

@@ -1,0 +1,299 @@
+"""Soft Random Sampling (arXiv 2311.12727): a fresh uniform random subset every few epochs."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import torch
+from torch.utils.data import Sampler
+
+from sievetrain._rng import make_generator
+
+__all__ = [
+    "SoftRandomSampler",
+    "batch_partition",
+    "selection_round",
+    "soft_random_indices",
+    "subset_size",
+]
+
+
+def _as_int(name: str, value: object, minimum: int | None = None, limit: int | None = None) -> int:
+    """``value`` as an int in ``[minimum, limit)``, else ValueError naming it (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints pass
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (limit is not None and number >= limit):
+        bounds = f">= {minimum}" if limit is None else f"in [{minimum}, {limit})"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return number
+
+
+def _round_ratio(count: int, ratio: float, unit: str) -> int:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")  # NaN lands here too
+    size = int(Fraction(repr(float(ratio))) * count + Fraction(1, 2))  # exact floor(r*count + 1/2)
+    if size == 0:
+        raise ValueError(f"ratio {ratio!r} makes the subset empty for {count} {unit}")
+    return size
+
+
+def subset_size(n: int, ratio: float) -> int:
+    """Subset size ``m = floor(ratio * n + 0.5)``: ``ratio * n`` rounded half up.
+
+    Exact arithmetic on the decimal the ratio prints as (its ``repr``: 0.3 means 3/10, not the
+    double 0.29999999999999998...), so ``subset_size(15, 0.3) == 5``: 4.5 rounds up.
+
+    Raises:
+        ValueError: ``n <= 0`` (empty dataset), ``ratio`` NaN, ``<= 0`` or ``> 1``, or ``m == 0``.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        raise ValueError(f"empty dataset: n must be a positive integer, got {n!r}")
+    return _round_ratio(int(n), ratio, "samples")
+
+
+def selection_round(epoch: int, *, interval: int = 1, warm_start_epochs: int = 0) -> int | None:
+    """Round ``(epoch - warm_start_epochs) // interval``; always 0 if ``interval == 0``.
+
+    Returns None for warm-start epochs (``epoch < warm_start_epochs``), which use the full data.
+    """
+    if epoch < warm_start_epochs:
+        return None
+    return 0 if interval == 0 else (epoch - warm_start_epochs) // interval
+
+
+def batch_partition(n: int, batch_size: int, *, seed: int) -> tuple[torch.Tensor, ...]:
+    """The run's fixed batches: a ``(seed, "batches")`` permutation cut every ``batch_size``."""
+    permutation = torch.randperm(n, generator=make_generator(seed, "batches"))
+    return permutation.split(batch_size)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Validated SRS configuration (the sampler's ``state_dict()["config"]``)."""
+
+    n: int
+    ratio: float
+    seed: int
+    interval: int
+    within_epoch_replacement: bool
+    granularity: str
+    batch_size: int | None
+    warm_start_epochs: int
+    num_replicas: int
+    rank: int
+
+    def __post_init__(self) -> None:
+        subset_size(self.n, self.ratio)  # checks n and ratio
+        for name, minimum in (("interval", 0), ("warm_start_epochs", 0), ("num_replicas", 1)):
+            _as_int(name, getattr(self, name), minimum)
+        _as_int("seed", self.seed)
+        _as_int("rank", self.rank, 0, self.num_replicas)
+        if not isinstance(self.within_epoch_replacement, bool):
+            bad = self.within_epoch_replacement
+            raise ValueError(f"within_epoch_replacement must be a bool, got {bad!r}")
+        if self.granularity not in ("sample", "batch"):
+            raise ValueError(f"granularity must be 'sample' or 'batch', got {self.granularity!r}")
+        if self.granularity == "batch":
+            _as_int("batch_size (needed for granularity='batch')", self.batch_size, 1)
+        least = subset_size(self.n, self.ratio)  # fewest samples an epoch can have
+        if self.granularity == "batch":  # the short last batch chosen once (or k times, i.i.d.)
+            k, last = self.units_per_round, self.n - (self.units - 1) * self.batch_size
+            least = k * last if self.within_epoch_replacement else (k - 1) * self.batch_size + last
+        if least < self.num_replicas:
+            raise ValueError(f"ratio {self.ratio!r}: {least} samples < {self.num_replicas} ranks")
+
+    @property
+    def units(self) -> int:
+        """Selectable units: samples, or batches of the run's partition."""
+        return self.n if self.granularity == "sample" else -(-self.n // self.batch_size)
+
+    @property
+    def units_per_round(self) -> int:
+        """Units drawn per round; in sample mode rounded DOWN to a multiple of num_replicas."""
+        if self.granularity == "batch":
+            return _round_ratio(self.units, self.ratio, "batches")
+        return subset_size(self.n, self.ratio) // self.num_replicas * self.num_replicas
+
+
+_FIELDS = tuple(_Plan.__dataclass_fields__)  # the configuration's names, in order
+
+
+def _epoch_indices(plan: _Plan, epoch: int) -> torch.Tensor:
+    """This rank's indices for ``epoch``: cost O(n), one or two randperm calls."""
+    order = make_generator(plan.seed, "order", epoch)
+    s = selection_round(epoch, interval=plan.interval, warm_start_epochs=plan.warm_start_epochs)
+    if s is None:  # warm start: every unit, fresh order
+        chosen = torch.randperm(plan.units, generator=order)
+    else:
+        k, pick = plan.units_per_round, make_generator(plan.seed, "subset", s)
+        if plan.within_epoch_replacement:
+            subset = torch.randint(plan.units, (k,), generator=pick)
+        else:
+            subset = torch.randperm(plan.units, generator=pick)[:k]
+        chosen = subset[torch.randperm(k, generator=order)]
+    if plan.granularity == "batch":
+        batches = batch_partition(plan.n, plan.batch_size, seed=plan.seed)  # fixed for the run
+        chosen = torch.cat([batches[i] for i in chosen.tolist()])  # contents kept together
+    # Lockstep ranks: drop the global tail (< num_replicas indices, warm start / batch mode only).
+    usable = chosen.numel() // plan.num_replicas * plan.num_replicas
+    return chosen[plan.rank : usable : plan.num_replicas]
+
+
+def soft_random_indices(
+    n: int,
+    ratio: float,
+    *,
+    seed: int,
+    epoch: int,
+    interval: int = 1,
+    within_epoch_replacement: bool = False,
+    granularity: str = "sample",
+    batch_size: int | None = None,
+    warm_start_epochs: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> torch.Tensor:
+    """Training indices of one rank for one epoch of Soft Random Sampling, in training order.
+
+    Args:
+        n: Dataset size.
+        ratio: Subset ratio r in (0, 1]; ``m = subset_size(n, ratio)`` samples per epoch.
+        seed: Run seed. Round s's subset comes from the stream ``(seed, "subset", s)``; the
+            order is reshuffled every epoch from ``(seed, "order", epoch)``, also when the
+            subset is kept (R5/R10 keep the subset, not the order).
+        epoch: Epoch number, >= 0.
+        interval: Selection interval R: round ``s = (epoch - warm_start_epochs) // R`` (see
+            :func:`selection_round`); 0 keeps one subset for the run (fixed random subset).
+        within_epoch_replacement: False (paper): m distinct indices, uniform over size-m subsets.
+            True: m i.i.d. uniform indices, which may repeat within an epoch.
+        granularity: ``"sample"`` or ``"batch"``. Batch mode shuffles once per run (stream
+            ``(seed, "batches")``), cuts ``ceil(n / batch_size)`` batches B and draws
+            ``k = floor(ratio * B + 0.5)`` whole batches per round (distinct, or i.i.d. with
+            replacement); the epoch concatenates them in an order reshuffled every epoch.
+            Warm-start epochs then yield all batches. Sample mode ignores ``batch_size``.
+        batch_size: Samples per batch; required for batch granularity.
+        warm_start_epochs: Leading epochs on the full data (a fresh permutation each epoch).
+        num_replicas: Number of ranks (torchrun world size).
+        rank: This rank, in ``[0, num_replicas)``.
+
+    Every rank computes the same global epoch order and takes positions ``rank::num_replicas``.
+    To keep ranks in lockstep, sample mode rounds m DOWN to a multiple of ``num_replicas``; where
+    the global length is not a multiple (warm start, or batch mode) its last ``< num_replicas``
+    indices are dropped. Ranks are disjoint without replacement; their union is the global subset.
+    With ``ratio=1``, no replacement and one rank, every epoch is a permutation of ``range(n)``.
+
+    Returns:
+        int64 tensor of indices into the dataset, same length on every rank.
+
+    Raises:
+        ValueError: any bad argument; the message names the bad value.
+    """
+    options = dict(locals())  # exactly the arguments above, by name
+    epoch = _as_int("epoch", options.pop("epoch"), 0)
+    return _epoch_indices(_Plan(**options), epoch)
+
+
+class SoftRandomSampler(Sampler[int]):
+    """A ``torch.utils.data.Sampler`` yielding ``soft_random_indices`` for the current epoch.
+
+    Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. The sampler
+    counts the indices its iterator has yielded this epoch (``position``), so a checkpoint can
+    resume mid-epoch: ``load_state_dict`` makes the next ``__iter__`` skip what was yielded.
+    Arguments are those of :func:`soft_random_indices` (``seed`` defaults to 0); each is readable
+    as an attribute (``sampler.ratio``, ``sampler.interval``, ...).
+
+    Note: a ``DataLoader`` with workers pulls indices ahead of training; a trainer that
+    checkpoints mid-epoch should overwrite ``state["position"]`` with the samples it consumed.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        ratio: float,
+        *,
+        seed: int = 0,
+        interval: int = 1,
+        within_epoch_replacement: bool = False,
+        granularity: str = "sample",
+        batch_size: int | None = None,
+        warm_start_epochs: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        scope = locals()  # read before any other local exists: exactly the arguments above
+        super().__init__()
+        self._plan = _Plan(**{name: scope[name] for name in _FIELDS})
+        self.epoch, self._start, self._resume = 0, 0, False  # _start: resume point if _resume
+        self._iterator: Iterator[int] | None = None  # this epoch's, to count what it yielded
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
+        if name in _FIELDS and "_plan" in self.__dict__:
+            return getattr(self._plan, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def subset_size(self) -> int:
+        """Units drawn per round: batches (batch mode) or samples, a multiple of num_replicas."""
+        return self._plan.units_per_round
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select ``epoch`` and reset the in-epoch position to 0.
+
+        Setting the epoch just loaded by ``load_state_dict`` keeps its pending resume, so the
+        usual ``set_epoch(epoch)`` at the top of a resumed training loop is safe.
+        """
+        epoch = _as_int("epoch", epoch, 0)
+        if not (self._resume and epoch == self.epoch):
+            self.epoch, self._start, self._resume, self._iterator = epoch, 0, False, None
+
+    @property
+    def position(self) -> int:
+        """Indices yielded so far this epoch (after ``load_state_dict``: the resume point)."""
+        if self._iterator is None:
+            return self._start
+        return len(self) - operator.length_hint(self._iterator)  # exact for list iterators
+
+    def epoch_indices(self) -> torch.Tensor:
+        """All of this rank's indices for the current epoch, in order (ignores the position)."""
+        return self._indices().clone()
+
+    def _indices(self) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, _epoch_indices(self._plan, self.epoch))
+        return self._cache[1]
+
+    def __len__(self) -> int:
+        """Indices this rank yields in the current epoch (the full count, even mid-epoch)."""
+        return self._indices().numel()
+
+    def __iter__(self) -> Iterator[int]:
+        start, self._resume = (self._start if self._resume else 0), False
+        # A plain list iterator of Python ints: C-speed iteration, and it knows what is left.
+        self._iterator = iter(self._indices().tolist()[start:])
+        return self._iterator
+
+    def state_dict(self) -> dict:
+        """Config, epoch and position (indices already yielded this epoch)."""
+        return {"config": asdict(self._plan), "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore epoch and position; the next ``__iter__`` (once) resumes at ``position``.
+
+        Raises:
+            ValueError: the saved config differs from this sampler's, or the position is invalid.
+        """
+        mine, saved = asdict(self._plan), state["config"]
+        for key in sorted(mine.keys() | saved.keys()):
+            if (ours := mine.get(key)) != (theirs := saved.get(key)):
+                raise ValueError(f"state has {key}={theirs!r}, this sampler has {ours!r}")
+        self.epoch, self._cache = _as_int("epoch", state["epoch"], 0), None
+        position = _as_int("position", state["position"], 0)
+        if position > len(self):
+            raise ValueError(f"position {position} is past the epoch's end ({len(self)} indices)")
+        self._start, self._resume, self._iterator = position, True, None
