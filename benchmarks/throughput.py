@@ -68,8 +68,14 @@ def main() -> None:
     hand_opt = build_optimizer("sgd", hand_model.parameters())
     model = fresh_model()
     config = TrainConfig(epochs=args.repeats + 1, batch_size=args.batch_size, schedule="constant")
-    trainer = Trainer(model, build_optimizer("sgd", model.parameters()), data.train, data.test,
-                      config=config, sampler=SoftRandomSampler(len(y), 1.0, seed=0))
+    trainer = Trainer(
+        model,
+        build_optimizer("sgd", model.parameters()),
+        data.train,
+        data.test,
+        config=config,
+        sampler=SoftRandomSampler(len(y), 1.0, seed=0),
+    )
     generator = torch.Generator().manual_seed(0)
     # Warm-up epoch of each, not timed.
     hand_written_epoch(hand_model, hand_opt, x, y, args.batch_size, generator)
@@ -78,8 +84,13 @@ def main() -> None:
     for r in range(args.repeats):
         hand.append(hand_written_epoch(hand_model, hand_opt, x, y, args.batch_size, generator))
         ours.append(trainer_epoch(trainer, r + 1))
-        print(f"repeat {r + 1}: hand-written {hand[-1]:.2f} s, trainer {ours[-1]:.2f} s", file=sys.stderr)
-    ratio = [h / o for h, o in zip(hand, ours)]  # trainer throughput / hand-written throughput
+        print(
+            f"repeat {r + 1}: hand-written {hand[-1]:.2f} s, trainer {ours[-1]:.2f} s",
+            file=sys.stderr,
+        )
+    ratio = [
+        h / o for h, o in zip(hand, ours, strict=True)
+    ]  # trainer throughput / hand-written throughput
     breakdown = trainer.acct.time_s
     env = environment()
     lines = [
@@ -88,7 +99,8 @@ def main() -> None:
         f"Command: `{shlex.join(['python', *sys.argv])}`",
         "",
         f"{data.name}, {len(y)} training samples, model `{name}`, batch {args.batch_size}, SGD; "
-        f"{args.repeats} alternating repeats of one epoch each, after one untimed warm-up epoch each.",
+        f"{args.repeats} alternating repeats of one epoch each, "
+        "after one untimed warm-up epoch each.",
         "",
         "| loop | epoch time (s), mean ± std | samples/s |",
         "|---|---|---|",

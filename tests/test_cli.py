@@ -11,15 +11,29 @@ import pytest
 
 SMALL = ["--dataset", "mnist1d", "--train-size", "600", "--test-size", "200", "--quiet"]
 REQUIRED = {
-    "method", "seed", "dataset", "epochs", "final_test_accuracy", "train_time_s", "eval_time_s",
-    "samples_forwarded", "samples_backpropagated", "optimizer_steps", "coverage", "history",
+    "method",
+    "seed",
+    "dataset",
+    "epochs",
+    "final_test_accuracy",
+    "train_time_s",
+    "eval_time_s",
+    "samples_forwarded",
+    "samples_backpropagated",
+    "optimizer_steps",
+    "coverage",
+    "history",
 }
 
 
 def sievetrain(*args, timeout=240, **kwargs):
     return subprocess.run(
         [sys.executable, "-m", "sievetrain", *args],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+        **kwargs,
     )
 
 
@@ -29,18 +43,34 @@ def records(out):
 
 def test_bench_end_to_end(tmp_path):
     out = tmp_path / "bench"
-    proc = sievetrain("bench", *SMALL, "--methods", "full,srs:0.5/interval=2,fixed:0.5",
-                      "--seeds", "0,1", "--epochs", "2", "--out", str(out))
+    proc = sievetrain(
+        "bench",
+        *SMALL,
+        "--methods",
+        "full,srs:0.5/interval=2,fixed:0.5",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     rows = records(out)
     assert [(r["method"], r["seed"]) for r in rows] == [
-        ("full", 0), ("srs:0.5/interval=2", 0), ("fixed:0.5", 0),
-        ("full", 1), ("srs:0.5/interval=2", 1), ("fixed:0.5", 1),
+        ("full", 0),
+        ("srs:0.5/interval=2", 0),
+        ("fixed:0.5", 0),
+        ("full", 1),
+        ("srs:0.5/interval=2", 1),
+        ("fixed:0.5", 1),
     ]  # interleaved: every method of a seed before the next seed
     for r in rows:
         assert REQUIRED <= set(r)
         assert 0 <= r["final_test_accuracy"] <= 1
-        assert [set(h) >= {"epoch", "test_accuracy", "train_time_s"} for h in r["history"]] == [True] * 2
+        assert [set(h) >= {"epoch", "test_accuracy", "train_time_s"} for h in r["history"]] == [
+            True
+        ] * 2
         assert r["environment"]["torch"] and r["config"]["train"]["epochs"] == 2
     full, srs = rows[0], rows[1]
     assert full["samples_backpropagated"] == 2 * 600
@@ -52,8 +82,16 @@ def test_bench_end_to_end(tmp_path):
 
 
 def test_train_single_run_and_methods_listing(tmp_path):
-    proc = sievetrain("train", *SMALL, "--method", "srs:0.5+adam/lr=0.002", "--epochs", "1",
-                      "--out", str(tmp_path / "t"))
+    proc = sievetrain(
+        "train",
+        *SMALL,
+        "--method",
+        "srs:0.5+adam/lr=0.002",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert proc.returncode == 0, proc.stderr
     (r,) = records(tmp_path / "t")
     assert r["config"]["methods"]["optimizer"]["options"]["lr"] == 0.002
@@ -75,7 +113,10 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--dataset", "cifar-1000"], "cifar-1000"),
         (["--model", "resnet9000"], "resnet9000"),
         (["--methods", "warp-drive:0.5"], "warp-drive"),
-        (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"], "/nonexistent/fmnist"),
+        (
+            ["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"],
+            "/nonexistent/fmnist",
+        ),
         (["--seeds", ""], "seeds"),
         (["--seeds", "0,x"], "'x'"),
         (["--set", "lr"], "'lr'"),
@@ -101,7 +142,18 @@ def test_unwritable_output_dir(tmp_path):
 
 def test_existing_results_need_resume(tmp_path):
     out = tmp_path / "o"
-    args = ["bench", *SMALL, "--methods", "full", "--seeds", "0", "--epochs", "1", "--out", str(out)]
+    args = [
+        "bench",
+        *SMALL,
+        "--methods",
+        "full",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert sievetrain(*args).returncode == 0
     again = sievetrain(*args)
     assert again.returncode == 2 and "--resume" in again.stderr
@@ -111,12 +163,17 @@ def test_existing_results_need_resume(tmp_path):
 def test_killed_bench_keeps_finished_runs_and_resume_completes_it(tmp_path):
     args = [*SMALL, "--methods", "full,srs:0.5", "--seeds", "0,1", "--epochs", "4"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sievetrain", "bench", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sievetrain", "bench", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     results = out / "results.jsonl"
     deadline = time.time() + 180
     # Wait until one run has finished and the next has checkpointed an epoch.
-    while time.time() < deadline and not (results.exists() and list((out / "checkpoints").glob("*.pt"))):
+    while time.time() < deadline and not (
+        results.exists() and list((out / "checkpoints").glob("*.pt"))
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # a hard crash, not a polite interrupt
     proc.wait()

@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "append_jsonl", "read_jsonl"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "append_jsonl",
+    "read_jsonl",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -20,7 +20,9 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
-def make_generator(seed: int, *parts: object, device: str | torch.device = "cpu") -> torch.Generator:
+def make_generator(
+    seed: int, *parts: object, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """A fresh ``torch.Generator`` seeded with ``derive_seed(seed, *parts)``."""
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(seed, *parts))

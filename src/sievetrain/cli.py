@@ -56,10 +56,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    table = write_report(out, records, command=shlex.join(["sievetrain", *argv]),
-                         target=bench.config.target_accuracy)
+    table = write_report(
+        out, records, command=shlex.join(["sievetrain", *argv]), target=bench.config.target_accuracy
+    )
     print(table, end="")
-    print(f"results: {out / RESULTS}\nreport:  {out / 'report.md'}\nplot:    {out / 'accuracy_vs_time.png'}")
+    print(
+        f"results: {out / RESULTS}\n"
+        f"report:  {out / 'report.md'}\n"
+        f"plot:    {out / 'accuracy_vs_time.png'}"
+    )
     return 0
 
 
@@ -69,7 +74,9 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
     methods = [args.method] if args.command == "train" else _split(args.methods)
     seeds = [args.seed] if args.command == "train" else _parse_seeds(args.seeds)
     sets = dict(_parse_set(s) for s in args.set)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.dataset],
         batch_size=args.batch_size,
@@ -78,8 +85,9 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
     )
     out = _writable_dir(Path(args.out))
     check_output(out, resume=args.resume)
-    data = load_dataset(args.dataset, data_dir=args.data_dir, train_size=args.train_size,
-                        test_size=args.test_size)
+    data = load_dataset(
+        args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
+    )
     return prepare(data, methods, seeds, model=args.model, config=config, sets=sets), out
 
 
@@ -87,12 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sievetrain", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one method with one seed")
-    train.add_argument("--method", default="full", help="NAME[:VALUE][/KEY=VALUE]... joined by '+' (default: full)")
+    train.add_argument(
+        "--method", default="full", help="NAME[:VALUE][/KEY=VALUE]... joined by '+' (default: full)"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default="sievetrain-train", help="output directory")
     bench = sub.add_parser("bench", help="compare methods over seeds, interleaved")
-    bench.add_argument("--methods", default=DEFAULT_METHODS,
-                       help=f"comma-separated methods (default: {DEFAULT_METHODS})")
+    bench.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help=f"comma-separated methods (default: {DEFAULT_METHODS})",
+    )
     bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     bench.add_argument("--out", default="sievetrain-bench", help="output directory")
     for p in (train, bench):
@@ -101,15 +114,30 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
         p.add_argument("--train-size", type=int, default=None, help="training samples to use")
         p.add_argument("--test-size", type=int, default=None, help="test samples to use")
-        p.add_argument("--epochs", type=int, default=None,
-                       help=f"epochs (default per dataset: {DEFAULT_EPOCHS})")
+        p.add_argument(
+            "--epochs",
+            type=int,
+            default=None,
+            help=f"epochs (default per dataset: {DEFAULT_EPOCHS})",
+        )
         p.add_argument("--batch-size", type=int, default=128)
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a training or method hyperparameter for every run")
-        p.add_argument("--target-accuracy", type=float, default=None,
-                       help="fraction; time to reach it is reported (default: full data's final - 1 pt)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a training or method hyperparameter for every run",
+        )
+        p.add_argument(
+            "--target-accuracy",
+            type=float,
+            default=None,
+            help="fraction; time to reach it is reported (default: full data's final - 1 pt)",
+        )
         p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
-        p.add_argument("--resume", action="store_true", help="skip finished runs, continue the interrupted one")
+        p.add_argument(
+            "--resume", action="store_true", help="skip finished runs, continue the interrupted one"
+        )
         p.add_argument("--quiet", action="store_true", help="print only the final table")
     sub.add_parser("methods", help="list the registered methods, their knobs and defaults")
     return parser
@@ -125,7 +153,9 @@ def _parse_seeds(text: str) -> list[int]:
         try:
             seeds.append(int(part))
         except ValueError:
-            raise ValueError(f"invalid seed {part!r} in --seeds {text!r}: expected integers") from None
+            raise ValueError(
+                f"invalid seed {part!r} in --seeds {text!r}: expected integers"
+            ) from None
     if not seeds:
         raise ValueError(f"no seeds in --seeds {text!r}")
     return seeds
@@ -145,12 +175,17 @@ def _writable_dir(path: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise ValueError(f"output directory {str(path)!r} is not writable: {error.strerror}") from None
+        raise ValueError(
+            f"output directory {str(path)!r} is not writable: {error.strerror}"
+        ) from None
     return path
 
 
 def _methods_table() -> str:
-    lines = ["| method | level | value (default) | options (defaults) | what |", "|---|---|---|---|---|"]
+    lines = [
+        "| method | level | value (default) | options (defaults) | what |",
+        "|---|---|---|---|---|",
+    ]
     for m in REGISTRY.values():
         value = f"{m.knob} ({m.default})" if m.knob else "—"
         options = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "—"
@@ -167,12 +202,18 @@ class _Log:
 
     def run(self, i: int, total: int, r: dict[str, Any]) -> None:
         if not self.quiet:
-            print(f"[{i}/{total}] {r['method']} seed {r['seed']}: test accuracy "
-                  f"{100 * r['final_test_accuracy']:.2f}%, train {r['train_time_s']:.1f} s "
-                  f"(eval {r['eval_time_s']:.1f} s)", file=sys.stderr)
+            print(
+                f"[{i}/{total}] {r['method']} seed {r['seed']}: test accuracy "
+                f"{100 * r['final_test_accuracy']:.2f}%, train {r['train_time_s']:.1f} s "
+                f"(eval {r['eval_time_s']:.1f} s)",
+                file=sys.stderr,
+            )
 
     def epoch(self, h: dict[str, Any]) -> None:
         if not self.quiet:
-            print(f"epoch {h['epoch']}: test accuracy {100 * h['test_accuracy']:.2f}%, "
-                  f"train loss {h['train_loss']:.4f}, train {h['train_time_s']:.1f} s, "
-                  f"coverage {100 * h['coverage']:.1f}%", file=sys.stderr)
+            print(
+                f"epoch {h['epoch']}: test accuracy {100 * h['test_accuracy']:.2f}%, "
+                f"train loss {h['train_loss']:.4f}, train {h['train_time_s']:.1f} s, "
+                f"coverage {100 * h['coverage']:.1f}%",
+                file=sys.stderr,
+            )

@@ -15,8 +15,9 @@ from sievetrain.train import PHASES, TrainConfig, Trainer, lr_multiplier
 def make_trainer(data, *, ratio=1.0, epochs=2, seed=0, selector=None, config=None, train_set=None):
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed(seed, "init"))
-        model = build_model(DEFAULT_MODEL[data.name], num_classes=data.num_classes,
-                            input_shape=data.input_shape)
+        model = build_model(
+            DEFAULT_MODEL[data.name], num_classes=data.num_classes, input_shape=data.input_shape
+        )
     config = config or TrainConfig(epochs=epochs, batch_size=64)
     train_set = train_set if train_set is not None else data.train
     return Trainer(
@@ -84,11 +85,11 @@ def test_same_seed_same_run_and_global_rng_untouched(mnist1d):
     a, b = make_trainer(mnist1d, ratio=0.5), make_trainer(mnist1d, ratio=0.5)
     ha, hb = a.fit()["history"], b.fit()["history"]
     assert [h["test_accuracy"] for h in ha] == [h["test_accuracy"] for h in hb]
-    assert all(torch.equal(p, q) for p, q in zip(params(a), params(b)))
+    assert all(torch.equal(p, q) for p, q in zip(params(a), params(b), strict=True))
     assert torch.equal(torch.get_rng_state(), before)
     c = make_trainer(mnist1d, ratio=0.5, seed=1)
     c.fit()
-    assert not all(torch.equal(p, q) for p, q in zip(params(a), params(c)))
+    assert not all(torch.equal(p, q) for p, q in zip(params(a), params(c), strict=True))
 
 
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(mnist1d):
@@ -100,7 +101,7 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(mnist1d):
     resumed = make_trainer(mnist1d, ratio=0.5, epochs=4, seed=0)
     resumed.load_state_dict(state)
     summary = resumed.fit()
-    assert all(torch.equal(p, q) for p, q in zip(params(straight), params(resumed)))
+    assert all(torch.equal(p, q) for p, q in zip(params(straight), params(resumed), strict=True))
     assert [h["test_accuracy"] for h in summary["history"]] == [
         h["test_accuracy"] for h in straight.history
     ]
@@ -155,7 +156,7 @@ def test_any_map_style_dataset_trains_identically(mnist1d):
     fast.fit()
     plain = make_trainer(mnist1d, ratio=0.5, epochs=1, train_set=PlainDataset(mnist1d.train))
     plain.fit()
-    assert all(torch.equal(p, q) for p, q in zip(params(fast), params(plain)))
+    assert all(torch.equal(p, q) for p, q in zip(params(fast), params(plain), strict=True))
 
 
 def test_epoch_indexed_step_schedule_matches_the_paper_shape(mnist1d):
@@ -176,8 +177,15 @@ def test_step_indexed_cosine_schedule_reaches_its_end(mnist1d):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(epochs=0), dict(batch_size=-1), dict(schedule="linear"), dict(schedule_unit="sample"),
-     dict(milestones=(1.5,)), dict(gamma=0.0), dict(target_accuracy=float("nan"))],
+    [
+        dict(epochs=0),
+        dict(batch_size=-1),
+        dict(schedule="linear"),
+        dict(schedule_unit="sample"),
+        dict(milestones=(1.5,)),
+        dict(gamma=0.0),
+        dict(target_accuracy=float("nan")),
+    ],
 )
 def test_bad_config_names_the_value(bad):
     key, value = next(iter(bad.items()))

@@ -1,6 +1,14 @@
 """Benchmarks: the method registry, the interleaved runner and the report."""
 
-from sievetrain.bench.registry import LEVELS, REGISTRY, Component, Method, RunSpec, parse_run, register
+from sievetrain.bench.registry import (
+    LEVELS,
+    REGISTRY,
+    Component,
+    Method,
+    RunSpec,
+    parse_run,
+    register,
+)
 from sievetrain.bench.report import markdown_table, plot_accuracy_vs_time, summarize, write_report
 from sievetrain.bench.runner import RESULTS, Bench, prepare, run_bench, run_one
 

@@ -73,5 +73,21 @@ register(
         options={k: v for k, v in SRS_OPTIONS.items() if k in ("granularity", "replacement")},
     )
 )
-register(Method("sgd", "optimizer", "SGD with Nesterov momentum", _optimizer("sgd"), options=OPTIMIZER_DEFAULTS["sgd"]))
-register(Method("adam", "optimizer", "Adam (torch.optim.Adam)", _optimizer("adam"), options=OPTIMIZER_DEFAULTS["adam"]))
+register(
+    Method(
+        "sgd",
+        "optimizer",
+        "SGD with Nesterov momentum",
+        _optimizer("sgd"),
+        options=OPTIMIZER_DEFAULTS["sgd"],
+    )
+)
+register(
+    Method(
+        "adam",
+        "optimizer",
+        "Adam (torch.optim.Adam)",
+        _optimizer("adam"),
+        options=OPTIMIZER_DEFAULTS["adam"],
+    )
+)

@@ -96,7 +96,11 @@ class RunSpec:
         return [c for c in (self.sampler, self.selector, self.optimizer) if c is not None]
 
     def describe(self) -> dict[str, Any]:
-        return {level: c.describe() for level, c in zip(LEVELS, self._by_level()) if c is not None}
+        return {
+            level: c.describe()
+            for level, c in zip(LEVELS, self._by_level(), strict=True)
+            if c is not None
+        }
 
     def _by_level(self) -> tuple[Component | None, ...]:
         return (self.sampler, self.selector, self.optimizer)
@@ -120,12 +124,15 @@ def parse_run(text: str, overrides: Mapping[str, str] | None = None) -> RunSpec:
         if level in chosen:
             raise ValueError(
                 f"{text!r} has two {level}-level methods "
-                f"({chosen[level].method.name!r} and {component.method.name!r}); compose one of each"
+                f"({chosen[level].method.name!r} and {component.method.name!r}); "
+                "compose one of each"
             )
         chosen[level] = component
     for level, name in DEFAULTS.items():
         if level not in chosen and name is not None:
-            chosen[level] = Component(REGISTRY[name], REGISTRY[name].default, REGISTRY[name].options)
+            chosen[level] = Component(
+                REGISTRY[name], REGISTRY[name].default, REGISTRY[name].options
+            )
     for key, raw in (overrides or {}).items():
         for level, comp in chosen.items():
             if key in comp.method.options:
@@ -137,7 +144,9 @@ def _parse_component(part: str, whole: str) -> Component:
     head, *assignments = part.split("/")
     name, sep, raw_value = head.partition(":")
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r} in {whole!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(
+            f"unknown method {name!r} in {whole!r}; known: {', '.join(sorted(REGISTRY))}"
+        )
     method = REGISTRY[name]
     value = method.default
     if sep:

@@ -33,7 +33,9 @@ def baseline_label(records: Sequence[dict[str, Any]]) -> str:
     return "full" if "full" in labels else labels[0]
 
 
-def summarize(records: Sequence[dict[str, Any]], target: float | None = None) -> tuple[list[dict], float]:
+def summarize(
+    records: Sequence[dict[str, Any]], target: float | None = None
+) -> tuple[list[dict], float]:
     """One row per method (mean and std over seeds), and the target accuracy used.
 
     Without ``target``, the target is the baseline's mean final accuracy minus one
@@ -114,8 +116,13 @@ def plot_accuracy_vs_time(records: Sequence[dict[str, Any]], path: Path, title: 
         mean = [statistics.fmean(a) for a in acc]
         std = [_std(a) for a in acc]
         (line,) = ax.plot(t, mean, marker="o", markersize=3, label=label)
-        ax.fill_between(t, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=line.get_color(), alpha=0.15)
+        ax.fill_between(
+            t,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.set_xlabel("training wall-clock time (s, evaluation excluded)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
@@ -152,9 +159,11 @@ def write_report(
             "indices and counting coverage, as a share of train time.",
             "",
             f"Data: {first['train_size']} train / {first['test_size']} test samples; batch "
-            f"{train['batch_size']}; schedule {train['schedule']} ({train['schedule_unit']}-indexed).",
+            f"{train['batch_size']}; schedule {train['schedule']} "
+            f"({train['schedule_unit']}-indexed).",
             "",
-            f"Environment: sievetrain {env['sievetrain']} ({env['git_sha']}), torch {env['torch']}, "
+            f"Environment: sievetrain {env['sievetrain']} ({env['git_sha']}), "
+            f"torch {env['torch']}, "
             f"Python {env['python']}, {env['cpu']} ({env['torch_threads']} threads), "
             f"GPU: {env['cuda'] or 'none'}.",
             "",

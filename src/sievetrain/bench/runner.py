@@ -72,8 +72,12 @@ def prepare(
     runs = tuple(parse_run(m, method_sets) for m in methods)
     for key in method_sets:
         if not any(key in c.method.options for run in runs for c in run.components()):
-            known = sorted(CONFIG_KEYS | {o for r in runs for c in r.components() for o in c.method.options})
-            raise ValueError(f"--set {key}: no run has an option {key!r}; known: {', '.join(known)}")
+            known = sorted(
+                CONFIG_KEYS | {o for r in runs for c in r.components() for o in c.method.options}
+            )
+            raise ValueError(
+                f"--set {key}: no run has an option {key!r}; known: {', '.join(known)}"
+            )
     if len({r.label for r in runs}) != len(runs):
         raise ValueError(f"a method is listed twice in {list(methods)}")
     probe = [torch.nn.Parameter(torch.zeros(1))]
@@ -90,8 +94,15 @@ def prepare(
 def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
     """Identity of a run: same key, same computation."""
     blob = json.dumps(
-        [bench.data.name, len(bench.data.train), len(bench.data.test), bench.model,
-         bench.config.to_dict(), run.describe(), seed],
+        [
+            bench.data.name,
+            len(bench.data.train),
+            len(bench.data.test),
+            bench.model,
+            bench.config.to_dict(),
+            run.describe(),
+            seed,
+        ],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -177,7 +188,9 @@ def run_bench(
             ckpt = checkpoints / f"{_slug(run.label)}-seed{seed}-{key}.pt"
             if not resume:
                 ckpt.unlink(missing_ok=True)
-            record = run_one(bench, run, seed, checkpoint=ckpt, progress=progress, on_epoch=on_epoch)
+            record = run_one(
+                bench, run, seed, checkpoint=ckpt, progress=progress, on_epoch=on_epoch
+            )
             append_jsonl(results, record)
             ckpt.unlink(missing_ok=True)
             records.append(record)

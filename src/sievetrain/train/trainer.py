@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = optimizer
         self.train_set = train_set
-        self.sampler = sampler if sampler is not None else SoftRandomSampler(len(train_set), 1.0, seed=seed)
+        self.sampler = (
+            sampler if sampler is not None else SoftRandomSampler(len(train_set), 1.0, seed=seed)
+        )
         self.selector = selector if selector is not None else KeepAll()
         self.seed = seed
         self.progress = progress
@@ -130,7 +133,10 @@ class Trainer:
                     if batch is None:
                         break
                     x, y, idx = batch
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    x, y = (
+                        x.to(self.device, non_blocking=True),
+                        y.to(self.device, non_blocking=True),
+                    )
                 with acct.phase("selection"):
                     keep = self.selector.select(self.model, x, y)
                     if keep is not None:
@@ -245,7 +251,9 @@ class Trainer:
 
     def _rng_devices(self) -> list[int]:
         if self.device.type == "cuda":
-            return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+            return [
+                self.device.index if self.device.index is not None else torch.cuda.current_device()
+            ]
         return []
 
     def _warm_up(self) -> None:
