@@ -88,9 +88,8 @@ def main() -> None:
             f"repeat {r + 1}: hand-written {hand[-1]:.2f} s, trainer {ours[-1]:.2f} s",
             file=sys.stderr,
         )
-    ratio = [
-        h / o for h, o in zip(hand, ours, strict=True)
-    ]  # trainer throughput / hand-written throughput
+    # Trainer throughput / hand-written throughput, per repeat.
+    ratio = [h / o for h, o in zip(hand, ours, strict=True)]
     breakdown = trainer.acct.time_s
     env = environment()
     lines = [

@@ -118,8 +118,8 @@ def plot_accuracy_vs_time(records: Sequence[dict[str, Any]], path: Path, title: 
         (line,) = ax.plot(t, mean, marker="o", markersize=3, label=label)
         ax.fill_between(
             t,
-            [m - s for m, s in zip(mean, std, strict=True)],
-            [m + s for m, s in zip(mean, std, strict=True)],
+            [max(m - s, 0.0) for m, s in zip(mean, std, strict=True)],  # accuracy stays in [0, 100]
+            [min(m + s, 100.0) for m, s in zip(mean, std, strict=True)],
             color=line.get_color(),
             alpha=0.15,
         )
