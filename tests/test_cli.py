@@ -68,9 +68,8 @@ def test_bench_end_to_end(tmp_path):
     for r in rows:
         assert REQUIRED <= set(r)
         assert 0 <= r["final_test_accuracy"] <= 1
-        assert [set(h) >= {"epoch", "test_accuracy", "train_time_s"} for h in r["history"]] == [
-            True
-        ] * 2
+        assert len(r["history"]) == 2
+        assert all({"epoch", "test_accuracy", "train_time_s"} <= set(h) for h in r["history"])
         assert r["environment"]["torch"] and r["config"]["train"]["epochs"] == 2
     full, srs = rows[0], rows[1]
     assert full["samples_backpropagated"] == 2 * 600
@@ -142,18 +141,8 @@ def test_unwritable_output_dir(tmp_path):
 
 def test_existing_results_need_resume(tmp_path):
     out = tmp_path / "o"
-    args = [
-        "bench",
-        *SMALL,
-        "--methods",
-        "full",
-        "--seeds",
-        "0",
-        "--epochs",
-        "1",
-        "--out",
-        str(out),
-    ]
+    args = ["bench", *SMALL, "--methods", "full", "--seeds", "0", "--epochs", "1"]
+    args += ["--out", str(out)]
     assert sievetrain(*args).returncode == 0
     again = sievetrain(*args)
     assert again.returncode == 2 and "--resume" in again.stderr

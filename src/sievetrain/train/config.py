@@ -23,10 +23,8 @@ class TrainConfig:
     schedule: str = "step"  # lr multiplier shape: constant | step | cosine
     schedule_unit: str = "epoch"  # "epoch": lr set at each epoch start from epoch/epochs (paper);
     # "step": lr set every optimizer step from step/total_steps (not in the paper)
-    milestones: tuple[float, ...] = (
-        0.5,
-        0.75,
-    )  # step schedule: fractions of the run where lr *= gamma
+    # step schedule: fractions of the run where lr *= gamma
+    milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1  # step schedule: lr multiplier at each milestone
     target_accuracy: float | None = None  # fraction in (0, 1]; time to reach it is reported
     device: str = "cpu"  # torch device string
