@@ -24,6 +24,12 @@ __all__ = ["main"]
 
 DEFAULT_METHODS = "full,srs:0.1,srs:0.3,srs:0.5,fixed:0.3"
 DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10}
+# Flags that set an optimizer hyperparameter for every run: name -> help.
+SHORTHANDS = {
+    "lr": "learning rate (default: the optimizer's)",
+    "weight_decay": "weight decay (default: the optimizer's)",
+    "sampling_rate": "StochGradAdam's sampling rate s in (0, 1] (default 0.8)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"results: {out / RESULTS}\n"
         f"report:  {out / 'report.md'}\n"
-        f"plot:    {out / 'accuracy_vs_time.png'}"
+        f"plots:   {out / 'accuracy_vs_time.png'}, {out / 'entropy_vs_epoch.png'}"
     )
     return 0
 
@@ -74,6 +80,9 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
     methods = [args.method] if args.command == "train" else _split(args.methods)
     seeds = [args.seed] if args.command == "train" else _parse_seeds(args.seeds)
     sets = dict(_parse_set(s) for s in args.set)
+    for flag in SHORTHANDS:  # --lr 0.01 is --set lr=0.01
+        if getattr(args, flag) is not None:
+            sets[flag] = str(getattr(args, flag))
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -88,7 +97,10 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
     data = load_dataset(
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
     )
-    return prepare(data, methods, seeds, model=args.model, config=config, sets=sets), out
+    bench = prepare(
+        data, methods, seeds, model=args.model, config=config, sets=sets, optimizer=args.optimizer
+    )
+    return bench, out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
             help=f"epochs (default per dataset: {DEFAULT_EPOCHS})",
         )
         p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument(
+            "--optimizer",
+            default=None,
+            help="optimizer of runs that name none: sgd, adam, rmsprop or stochgradadam "
+            "(default: sgd)",
+        )
+        for flag, text in SHORTHANDS.items():
+            p.add_argument("--" + flag.replace("_", "-"), type=float, default=None, help=text)
         p.add_argument(
             "--set",
             action="append",
@@ -213,7 +233,7 @@ class _Log:
         if not self.quiet:
             print(
                 f"epoch {h['epoch']}: test accuracy {100 * h['test_accuracy']:.2f}%, "
-                f"train loss {h['train_loss']:.4f}, train {h['train_time_s']:.1f} s, "
-                f"coverage {100 * h['coverage']:.1f}%",
+                f"entropy {h['test_entropy']:.3f}, train loss {h['train_loss']:.4f}, "
+                f"train {h['train_time_s']:.1f} s, coverage {100 * h['coverage']:.1f}%",
                 file=sys.stderr,
             )

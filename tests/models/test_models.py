@@ -9,7 +9,12 @@ from torch import nn
 from sievetrain.data import DATASETS
 from sievetrain.models import DEFAULT_MODEL, MNIST1DCNN, MODELS, FashionCNN, build_model
 
-INPUT_SHAPES = {"mnist1d-cnn": (1, 40), "fashion-cnn": (1, 28, 28)}
+INPUT_SHAPES = {
+    "mnist1d-cnn": (1, 40),
+    "fashion-cnn": (1, 28, 28),
+    "resnet8": (1, 28, 28),
+    "vgg8": (1, 28, 28),
+}
 
 
 def test_registry_covers_every_dataset():
@@ -22,7 +27,10 @@ def test_registry_covers_every_dataset():
 def test_output_shape_and_named_stages(name):
     model = build_model(name, num_classes=7, input_shape=INPUT_SHAPES[name])
     assert isinstance(model, nn.Sequential)
-    assert model.stage_names == ("stem", "stage1", "stage2", "head")
+    assert model.stage_names[0] == "stem" and model.stage_names[-1] == "head"
+    assert model.stage_names[1:-1] == tuple(
+        f"stage{i}" for i in range(1, len(model.stage_names) - 1)
+    )
     x = torch.randn(5, *INPUT_SHAPES[name])
     logits = model(x)
     assert logits.shape == (5, 7)
@@ -44,6 +52,21 @@ def test_output_shape_and_named_stages(name):
 )
 def test_constructor_arguments(model, x):
     assert model(x).shape == (4, model.head[-1].out_features)
+
+
+def test_vgg8_is_resnet8_without_skips():
+    resnet = dict(
+        build_model("resnet8", num_classes=10, input_shape=(1, 28, 28)).named_parameters()
+    )
+    vgg = dict(build_model("vgg8", num_classes=10, input_shape=(1, 28, 28)).named_parameters())
+    # The same layers; only the strided block's 1x1 projection shortcut is extra.
+    assert set(resnet) - set(vgg) == {
+        "stage2.shortcut.0.weight",
+        "stage2.shortcut.1.weight",
+        "stage2.shortcut.1.bias",
+    }
+    assert set(vgg) <= set(resnet)
+    assert all(vgg[k].shape == resnet[k].shape for k in vgg)
 
 
 def test_build_model_takes_channels_from_input_shape():

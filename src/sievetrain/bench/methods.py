@@ -36,9 +36,11 @@ def _fixed(ratio: float | None, opts: dict[str, Any], ctx: dict[str, Any]) -> So
     return _srs(ratio, {**SRS_OPTIONS, **opts, "interval": 0}, ctx)
 
 
-def _optimizer(name: str):
+def _optimizer(name: str, knob: str | None = None):
     def build(value: float | None, opts: dict[str, Any], ctx: dict[str, Any]):
-        return build_optimizer(name, ctx["params"], **opts)
+        if knob is not None:
+            opts = {**opts, knob: value}
+        return build_optimizer(name, ctx["params"], seed=ctx["seed"], **opts)
 
     return build
 
@@ -89,5 +91,27 @@ register(
         "Adam (torch.optim.Adam)",
         _optimizer("adam"),
         options=OPTIMIZER_DEFAULTS["adam"],
+    )
+)
+register(
+    Method(
+        "rmsprop",
+        "optimizer",
+        "RMSProp (torch.optim.RMSprop)",
+        _optimizer("rmsprop"),
+        options=OPTIMIZER_DEFAULTS["rmsprop"],
+    )
+)
+register(
+    Method(
+        "stochgradadam",
+        "optimizer",
+        "StochGradAdam: Adam on a random subset of gradient entries each step",
+        _optimizer("stochgradadam", knob="sampling_rate"),
+        knob="sampling_rate",
+        default=OPTIMIZER_DEFAULTS["stochgradadam"]["sampling_rate"],
+        options={
+            k: v for k, v in OPTIMIZER_DEFAULTS["stochgradadam"].items() if k != "sampling_rate"
+        },
     )
 )

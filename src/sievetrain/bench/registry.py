@@ -40,7 +40,7 @@ class Method:
 
     ``build`` receives ``(value, options, context)`` where ``context`` carries what
     the level needs: for samplers ``n``, ``seed``, ``batch_size``; for selectors
-    ``seed``; for optimizers ``params``.
+    ``seed``; for optimizers ``params`` and ``seed``.
     """
 
     name: str
@@ -106,9 +106,15 @@ class RunSpec:
         return (self.sampler, self.selector, self.optimizer)
 
 
-def parse_run(text: str, overrides: Mapping[str, str] | None = None) -> RunSpec:
+def parse_run(
+    text: str,
+    overrides: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str] | None = None,
+) -> RunSpec:
     """Parse ``a+b+c`` into a ``RunSpec``; ``overrides`` (from ``--set``) apply to
-    every component that has the option.
+    every component that has the option, or whose knob has that name (e.g.
+    ``sampling_rate``). ``defaults`` maps a level to the method a run without one
+    of that level takes (e.g. ``{"optimizer": "stochgradadam"}``).
 
     Raises:
         ValueError: naming an unknown method or option, a bad value, or two methods
@@ -128,15 +134,20 @@ def parse_run(text: str, overrides: Mapping[str, str] | None = None) -> RunSpec:
                 "compose one of each"
             )
         chosen[level] = component
-    for level, name in DEFAULTS.items():
+    for level, name in {**DEFAULTS, **(defaults or {})}.items():
         if level not in chosen and name is not None:
-            chosen[level] = Component(
-                REGISTRY[name], REGISTRY[name].default, REGISTRY[name].options
-            )
+            chosen[level] = _parse_component(name, name)
+            if chosen[level].method.level != level:
+                raise ValueError(f"{name!r} is not a {level}-level method")
+            if name != DEFAULTS[level]:  # a run's label names what it runs
+                text = f"{text}+{name}"
     for key, raw in (overrides or {}).items():
         for level, comp in chosen.items():
             if key in comp.method.options:
                 chosen[level] = _with_option(comp, key, raw)
+            elif key == comp.method.knob:
+                value = _to_float(raw, f"{comp.method.name} {key}")
+                chosen[level] = Component(comp.method, value, comp.options)
     return RunSpec(text, chosen["sampler"], chosen.get("selector"), chosen["optimizer"])
 
 

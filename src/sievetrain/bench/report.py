@@ -11,7 +11,15 @@ from typing import Any
 from sievetrain._io import atomic_write_bytes, atomic_write_text
 from sievetrain.train import time_to_target
 
-__all__ = ["summarize", "markdown_table", "plot_accuracy_vs_time", "write_report", "baseline_label"]
+__all__ = [
+    "summarize",
+    "markdown_table",
+    "epoch_table",
+    "plot_accuracy_vs_time",
+    "plot_entropy_vs_epoch",
+    "write_report",
+    "baseline_label",
+]
 
 COLUMNS = (
     "method",
@@ -20,6 +28,7 @@ COLUMNS = (
     "train time (s)",
     "speed-up",
     "Δ acc (pts)",
+    "entropy",
     "time to target (s)",
     "backpropagated",
     "coverage (%)",
@@ -64,6 +73,7 @@ def summarize(
                 "train_time_std": _std(times),
                 "speedup": base_time / statistics.fmean(times),
                 "accuracy_delta": statistics.fmean(acc) - 100 * base_acc,
+                "entropy": _mean_or_none(r.get("final_test_entropy") for r in runs),
                 "time_to_target": statistics.fmean(reached) if reached else None,
                 "reached_target": len(reached),
                 "backpropagated": _mean(r["samples_backpropagated"] for r in runs),
@@ -90,6 +100,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['train_time_mean']:.1f} ± {r['train_time_std']:.1f}",
             f"{r['speedup']:.2f}×",
             f"{r['accuracy_delta']:+.2f}",
+            "—" if r["entropy"] is None else f"{r['entropy']:.3f}",
             ttt,
             f"{r['backpropagated']:,.0f}",
             f"{r['coverage']:.1f}",
@@ -102,30 +113,55 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 def plot_accuracy_vs_time(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """Mean test accuracy (band: ± std over seeds) at each epoch against the mean
     cumulative training time, one line per method; written atomically as PNG."""
+    _plot_curves(
+        records,
+        path,
+        x=lambda h: h["train_time_s"],
+        y=lambda h: 100 * h["test_accuracy"],
+        bounds=(0.0, 100.0),
+        labels=("training wall-clock time (s, evaluation excluded)", "test accuracy (%)", title),
+    )
+
+
+def plot_entropy_vs_epoch(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Mean normalized prediction entropy on the test set (band: ± std over seeds)
+    at each epoch, one line per method; written atomically as PNG."""
+    _plot_curves(
+        records,
+        path,
+        x=lambda h: h["epoch"],
+        y=lambda h: h["test_entropy"],
+        bounds=(0.0, 1.0),
+        labels=("epoch", "normalized prediction entropy (0 = confident, 1 = uniform)", title),
+    )
+
+
+def _plot_curves(records, path: Path, *, x, y, bounds, labels) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lo, hi = bounds
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for label in _labels(records):
         runs = [r for r in records if r["method"] == label]
         epochs = min(len(r["history"]) for r in runs)
-        t = [_mean(r["history"][e]["train_time_s"] for r in runs) for e in range(epochs)]
-        acc = [[100 * r["history"][e]["test_accuracy"] for r in runs] for e in range(epochs)]
-        mean = [statistics.fmean(a) for a in acc]
-        std = [_std(a) for a in acc]
-        (line,) = ax.plot(t, mean, marker="o", markersize=3, label=label)
+        xs = [_mean(x(r["history"][e]) for r in runs) for e in range(epochs)]
+        ys = [[y(r["history"][e]) for r in runs] for e in range(epochs)]
+        mean = [statistics.fmean(v) for v in ys]
+        std = [_std(v) for v in ys]
+        (line,) = ax.plot(xs, mean, marker="o", markersize=3, label=label)
         ax.fill_between(
-            t,
-            [max(m - s, 0.0) for m, s in zip(mean, std, strict=True)],  # accuracy stays in [0, 100]
-            [min(m + s, 100.0) for m, s in zip(mean, std, strict=True)],
+            xs,
+            [max(m - s, lo) for m, s in zip(mean, std, strict=True)],  # the band stays in bounds
+            [min(m + s, hi) for m, s in zip(mean, std, strict=True)],
             color=line.get_color(),
             alpha=0.15,
         )
-    ax.set_xlabel("training wall-clock time (s, evaluation excluded)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -135,10 +171,28 @@ def plot_accuracy_vs_time(records: Sequence[dict[str, Any]], path: Path, title: 
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def epoch_table(
+    records: Sequence[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 3
+) -> str:
+    """Markdown table of ``history[key] * scale`` at each epoch (rows), mean ± std
+    over seeds for each method (columns)."""
+    labels = _labels(records)
+    lines = ["| epoch | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    epochs = min(len(r["history"]) for r in records)
+    for e in range(epochs):
+        cells = []
+        for label in labels:
+            values = [scale * r["history"][e][key] for r in records if r["method"] == label]
+            cells.append(f"{statistics.fmean(values):.{digits}f} ± {_std(values):.{digits}f}")
+        lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     out: Path, records: Sequence[dict[str, Any]], *, command: str, target: float | None = None
 ) -> str:
-    """Write ``report.md`` and ``accuracy_vs_time.png`` into ``out``; returns the table."""
+    """Write ``report.md``, ``accuracy_vs_time.png`` and (when the runs recorded
+    it) ``entropy_vs_epoch.png`` into ``out``; returns the summary table."""
     rows, target = summarize(records, target)
     table = markdown_table(rows)
     first = records[0]
@@ -146,6 +200,18 @@ def write_report(
     train = first["config"]["train"]
     title = f"{first['dataset']} · {first['model']} · {first['epochs']} epochs"
     plot_accuracy_vs_time(records, out / "accuracy_vs_time.png", title)
+    per_epoch = ["## Test accuracy (%) by epoch", "", epoch_table(records, "test_accuracy", 100, 2)]
+    if all("test_entropy" in h for r in records for h in r["history"]):
+        plot_entropy_vs_epoch(records, out / "entropy_vs_epoch.png", title)
+        per_epoch += [
+            "## Normalized prediction entropy by epoch",
+            "",
+            "Mean over the test set of −Σ p log p / log C (0 = confident, 1 = uniform).",
+            "",
+            epoch_table(records, "test_entropy"),
+            "![normalized prediction entropy against epochs](entropy_vs_epoch.png)",
+            "",
+        ]
     text = "\n".join(
         [
             f"# sievetrain bench: {title}",
@@ -156,7 +222,8 @@ def write_report(
             f"Baseline for speed-up and Δ acc: `{baseline_label(records)}`. "
             f"Time to target: training seconds until test accuracy ≥ {100 * target:.2f}%. "
             "Train time excludes evaluation; the sampler share is the time spent choosing "
-            "indices and counting coverage, as a share of train time.",
+            "indices and counting coverage, as a share of train time; entropy is the final "
+            "normalized prediction entropy on the test set (0 = confident, 1 = uniform).",
             "",
             f"Data: {first['train_size']} train / {first['test_size']} test samples; batch "
             f"{train['batch_size']}; schedule {train['schedule']} "
@@ -169,6 +236,7 @@ def write_report(
             "",
             "![test accuracy against training time](accuracy_vs_time.png)",
             "",
+            *per_epoch,
         ]
     )
     atomic_write_text(out / "report.md", text)
@@ -177,6 +245,11 @@ def write_report(
 
 def _labels(records: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in records))
+
+
+def _mean_or_none(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else statistics.fmean(values)
 
 
 def _mean(values) -> float:

@@ -21,7 +21,7 @@ import torch
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
 from sievetrain._io import append_jsonl, atomic_torch_save, read_jsonl
 from sievetrain._rng import derive_seed
-from sievetrain.bench.registry import RunSpec, parse_run, parse_value
+from sievetrain.bench.registry import REGISTRY, RunSpec, parse_run, parse_value
 from sievetrain.data import DataSplit
 from sievetrain.models import DEFAULT_MODEL, build_model
 from sievetrain.train import TrainConfig, Trainer, environment
@@ -51,12 +51,14 @@ def prepare(
     model: str | None = None,
     config: TrainConfig = TrainConfig(),
     sets: Mapping[str, str] | None = None,
+    optimizer: str | None = None,
 ) -> Bench:
     """Resolve and validate everything before any training starts, so that bad
     input fails in a second, not after an hour of runs.
 
     ``sets`` are ``--set KEY=VALUE`` overrides: training-config fields, or options
-    of the methods (applied to every run whose methods have that option).
+    (or knobs) of the methods, applied to every run whose methods have them.
+    ``optimizer`` is the optimizer-level method of runs that name none (default sgd).
     """
     if not seeds:
         raise ValueError("no seeds given: pass at least one, e.g. --seeds 0")
@@ -69,12 +71,22 @@ def prepare(
         **{k: parse_value(v, getattr(config, k), k) for k, v in sets.items() if k in CONFIG_KEYS}
     )
     method_sets = {k: v for k, v in sets.items() if k not in CONFIG_KEYS}
-    runs = tuple(parse_run(m, method_sets) for m in methods)
+    defaults = None
+    if optimizer is not None:
+        optimizers = [m.name for m in REGISTRY.values() if m.level == "optimizer"]
+        if re.split("[:/]", optimizer)[0] not in optimizers:
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(optimizers)}")
+        defaults = {"optimizer": optimizer}
+    runs = tuple(parse_run(m, method_sets, defaults) for m in methods)
+    settable = {
+        key
+        for run in runs
+        for c in run.components()
+        for key in (*c.method.options, *([c.method.knob] if c.method.knob else []))
+    }
     for key in method_sets:
-        if not any(key in c.method.options for run in runs for c in run.components()):
-            known = sorted(
-                CONFIG_KEYS | {o for r in runs for c in r.components() for o in c.method.options}
-            )
+        if key not in settable:
+            known = sorted(CONFIG_KEYS | settable)
             raise ValueError(
                 f"--set {key}: no run has an option {key!r}; known: {', '.join(known)}"
             )
@@ -83,7 +95,7 @@ def prepare(
     probe = [torch.nn.Parameter(torch.zeros(1))]
     for run in runs:  # building once validates ratios, subset sizes and optimizer options
         run.sampler.build(n=len(data.train), seed=0, batch_size=config.batch_size)
-        run.optimizer.build(params=probe)
+        run.optimizer.build(params=probe, seed=0)
         if run.selector is not None:
             run.selector.build(seed=0)
     model = model or DEFAULT_MODEL[data.name]
@@ -126,7 +138,7 @@ def run_one(
     model = model.to(config.device)
     trainer = Trainer(
         model,
-        run.optimizer.build(params=model.parameters()),
+        run.optimizer.build(params=model.parameters(), seed=seed),
         data.train,
         data.test,
         config=config,

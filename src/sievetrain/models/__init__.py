@@ -6,14 +6,16 @@ from collections.abc import Callable
 
 from torch import nn
 
-from sievetrain.models.cnn import MNIST1DCNN, FashionCNN, StagedSequential
+from sievetrain.models.cnn import MNIST1DCNN, VGG8, FashionCNN, ResNet8, StagedSequential
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "FashionCNN",
     "MNIST1DCNN",
+    "ResNet8",
     "StagedSequential",
+    "VGG8",
     "build_model",
 ]
 
@@ -21,6 +23,8 @@ __all__ = [
 MODELS: dict[str, Callable[..., StagedSequential]] = {
     "mnist1d-cnn": MNIST1DCNN,
     "fashion-cnn": FashionCNN,
+    "resnet8": ResNet8,  # small residual CNN for 28x28 images
+    "vgg8": VGG8,  # the same layers without skip connections
 }
 
 # Dataset name -> the model used for it by default.

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["FashionCNN", "MNIST1DCNN", "StagedSequential"]
+__all__ = ["FashionCNN", "MNIST1DCNN", "ResNet8", "StagedSequential", "VGG8"]
 
 
 class StagedSequential(nn.Sequential):
@@ -106,3 +106,71 @@ class FashionCNN(StagedSequential):
             )
         )
         self.to(memory_format=torch.channels_last)
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv + batch-norm layers, with the input added back when ``skip``.
+
+    With ``skip=False`` it is the same two layers without the addition (and
+    without the 1x1 projection a strided skip needs): the "plain" twin that tests
+    whether a result is due to the skip connections.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, *, skip: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip = skip
+        self.shortcut: nn.Module = nn.Identity()
+        if skip and (stride != 1 or c_in != c_out):
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.skip:
+            out = out + self.shortcut(x)
+        return torch.relu(out)
+
+
+class ResNet8(StagedSequential):
+    """A small residual CNN for 28x28 images: a conv stem and three basic blocks
+    (7 conv layers plus the classifier), input ``(B, C, 28, 28)``.
+
+    Shapes for 28x28 input: stem ``(B, 16, 14, 14)``, stage1 ``(B, 16, 14, 14)``,
+    stage2 ``(B, 32, 7, 7)``, stage3 ``(B, 32, 7, 7)``, head ``(B, num_classes)``.
+    :class:`VGG8` is the same network without the skip connections.
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Channels of the input image.
+    """
+
+    input_ndim = 3
+    skip = True
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        skip = self.skip
+        super().__init__(
+            OrderedDict(
+                stem=nn.Sequential(_conv2d(in_channels, 16), nn.MaxPool2d(2)),
+                stage1=_BasicBlock(16, 16, skip=skip),
+                stage2=_BasicBlock(16, 32, stride=2, skip=skip),
+                stage3=_BasicBlock(32, 32, skip=skip),
+                head=nn.Sequential(
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes)
+                ),
+            )
+        )
+        self.to(memory_format=torch.channels_last)
+
+
+class VGG8(ResNet8):
+    """:class:`ResNet8` without skip connections: a plain VGG-like stack of the
+    same 7 conv layers, for testing claims about gradient flow through skips."""
+
+    skip = False

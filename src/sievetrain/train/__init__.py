@@ -3,6 +3,7 @@
 from sievetrain.train.accounting import PHASES, Accounting
 from sievetrain.train.config import TrainConfig
 from sievetrain.train.env import environment
+from sievetrain.train.metrics import normalized_entropy
 from sievetrain.train.schedules import lr_multiplier
 from sievetrain.train.trainer import Trainer, time_to_target
 
@@ -13,5 +14,6 @@ __all__ = [
     "Trainer",
     "environment",
     "lr_multiplier",
+    "normalized_entropy",
     "time_to_target",
 ]

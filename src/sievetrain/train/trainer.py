@@ -23,6 +23,7 @@ from sievetrain.sampling import CoverageTracker, SoftRandomSampler
 from sievetrain.selection import KeepAll, Selector
 from sievetrain.train.accounting import Accounting
 from sievetrain.train.config import TrainConfig
+from sievetrain.train.metrics import normalized_entropy
 from sievetrain.train.schedules import lr_multiplier
 
 __all__ = ["Trainer"]
@@ -170,20 +171,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Accuracy (fraction) and mean cross-entropy on the test set, off the training clock."""
+        """Accuracy (fraction), mean cross-entropy and mean normalized prediction
+        entropy (0 = confident, 1 = uniform) on the test set, off the training clock."""
         self.acct._sync()
         start = time.perf_counter()
         self.model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
+        entropy_sum = torch.zeros((), device=self.device)
         n = 0
         for x, y, _ in self.test_loader:
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)  # (B, C)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            entropy_sum += normalized_entropy(logits).sum()
             correct += (logits.argmax(dim=1) == y).sum()
             n += len(y)
-        metrics = {"test_accuracy": correct.item() / n, "test_loss": loss_sum.item() / n}
+        metrics = {
+            "test_accuracy": correct.item() / n,
+            "test_loss": loss_sum.item() / n,
+            "test_entropy": entropy_sum.item() / n,
+        }
         self.acct.eval_time_s += time.perf_counter() - start
         return metrics
 
@@ -196,6 +204,7 @@ class Trainer:
         return {
             "final_test_accuracy": last.get("test_accuracy"),
             "final_test_loss": last.get("test_loss"),
+            "final_test_entropy": last.get("test_entropy"),
             "train_time_s": acct.train_time_s,
             "eval_time_s": acct.eval_time_s,
             "time_breakdown_s": dict(acct.time_s),
