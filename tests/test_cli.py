@@ -78,6 +78,32 @@ def test_bench_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "speed-up" in report and "srs:0.5/interval=2" in report
     assert (out / "accuracy_vs_time.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "entropy_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Normalized prediction entropy by epoch" in report
+    assert all(0 <= h["test_entropy"] <= 1 for r in rows for h in r["history"])
+
+
+def test_optimizer_flags(tmp_path):
+    proc = sievetrain(
+        "train",
+        *SMALL,
+        "--optimizer",
+        "stochgradadam",
+        "--sampling-rate",
+        "0.5",
+        "--lr",
+        "0.002",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "t"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    (r,) = records(tmp_path / "t")
+    assert r["method"] == "full+stochgradadam"
+    optimizer = r["config"]["methods"]["optimizer"]
+    assert optimizer["method"] == "stochgradadam" and optimizer["value"] == 0.5
+    assert optimizer["options"]["lr"] == 0.002
 
 
 def test_train_single_run_and_methods_listing(tmp_path):
@@ -96,7 +122,7 @@ def test_train_single_run_and_methods_listing(tmp_path):
     assert r["config"]["methods"]["optimizer"]["options"]["lr"] == 0.002
     listing = sievetrain("methods")
     assert listing.returncode == 0
-    for name in ("full", "srs", "fixed", "sgd", "adam"):
+    for name in ("full", "srs", "fixed", "sgd", "adam", "rmsprop", "stochgradadam"):
         assert f"| {name} |" in listing.stdout
 
 
@@ -119,6 +145,11 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--seeds", ""], "seeds"),
         (["--seeds", "0,x"], "'x'"),
         (["--set", "lr"], "'lr'"),
+        (["--optimizer", "stochgradadam", "--sampling-rate", "1.5"], "sampling_rate=1.5"),
+        (["--methods", "stochgradadam:0"], "sampling_rate=0.0"),
+        (["--methods", "stochgradadam/mask=rows"], "'rows'"),
+        (["--optimizer", "lion"], "'lion'"),
+        (["--methods", "adam", "--sampling-rate", "0.5"], "'sampling_rate'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, args, fragment):

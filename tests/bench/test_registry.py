@@ -86,3 +86,19 @@ def test_prepare_rejects_bad_input_before_training(mnist1d, methods, seeds, sets
 def test_prepare_rejects_unknown_model(mnist1d):
     with pytest.raises(ValueError, match="'resnet9000'"):
         prepare(mnist1d, ["full"], [0], model="resnet9000")
+
+
+def test_knob_overrides_and_default_optimizer():
+    run = parse_run("stochgradadam:0.5")
+    assert run.optimizer.method.name == "stochgradadam" and run.optimizer.value == 0.5
+    # --set reaches a method's knob as well as its options
+    run = parse_run("srs:0.3+stochgradadam", {"sampling_rate": "0.25", "ratio": "0.2"})
+    assert run.optimizer.value == 0.25 and run.sampler.value == 0.2
+    # a default optimizer for runs that name none, and the label says so
+    run = parse_run("srs:0.3", defaults={"optimizer": "rmsprop"})
+    assert run.optimizer.method.name == "rmsprop" and run.label == "srs:0.3+rmsprop"
+    assert parse_run("srs:0.3+adam", defaults={"optimizer": "rmsprop"}).optimizer.method.name == (
+        "adam"
+    )
+    with pytest.raises(ValueError, match="'srs' is not a optimizer-level"):
+        parse_run("full", defaults={"optimizer": "srs"})

@@ -1,0 +1,264 @@
+"""StochGradAdam: equal to Adam at rate 1, the two paths agree, masks behave as
+documented, state round-trips bitwise, and it trains the reference model."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sievetrain.models import build_model
+from sievetrain.optim import StochGradAdam, build_optimizer, draw_masks
+from sievetrain.train import TrainConfig, Trainer
+
+
+def real_batch(mnist1d, n=128):
+    x, y = mnist1d.train.tensors
+    return x[:n].double(), y[:n]
+
+
+def reference_model(mnist1d, seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model("mnist1d-cnn", num_classes=10, input_shape=mnist1d.input_shape)
+    return model.double()
+
+
+def train(model, optimizer, x, y, steps):
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_sampling_rate_one_is_adam(mnist1d, weight_decay, foreach):
+    """The degenerate case: with every entry used, 200 steps on a real model land
+    where torch.optim.Adam lands, to float64 round-off."""
+    x, y = real_batch(mnist1d, 32)
+    model = reference_model(mnist1d)
+    twin = copy.deepcopy(model)
+    adam = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=weight_decay)
+    ours = StochGradAdam(
+        twin.parameters(), lr=3e-3, weight_decay=weight_decay, sampling_rate=1.0, foreach=foreach
+    )
+    expected = train(model, adam, x, y, 200)
+    got = train(twin, ours, x, y, 200)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(
+        expected, torch.cat([p.flatten() for p in reference_model(mnist1d).parameters()])
+    )
+
+
+OPTIONS = list(
+    itertools.product(["element", "tensor"], ["decay", "freeze"], [False, True], [0.0, 0.1])
+)
+
+
+@pytest.mark.parametrize(("mask", "masked_state", "rescale", "weight_decay"), OPTIONS)
+def test_foreach_and_per_tensor_paths_agree(mnist1d, mask, masked_state, rescale, weight_decay):
+    x, y = real_batch(mnist1d, 64)
+    runs = []
+    for foreach in (True, False):
+        model = reference_model(mnist1d)
+        optimizer = StochGradAdam(
+            model.parameters(),
+            sampling_rate=0.6,
+            weight_decay=weight_decay,
+            mask=mask,
+            masked_state=masked_state,
+            rescale=rescale,
+            seed=3,
+            foreach=foreach,
+        )
+        runs.append(train(model, optimizer, x, y, 20))
+    assert torch.equal(runs[0], runs[1])
+
+
+def _params(*shapes, dtype=torch.float32):
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(*s, dtype=dtype)) for s in shapes]
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.5, 0.8])
+def test_fraction_of_updated_entries_matches_the_rate(rate):
+    params = _params((300, 200), (500,), (40, 10, 3, 3))
+    for p in params:
+        p.grad = torch.randn_like(p)  # nonzero everywhere
+    optimizer = StochGradAdam(params, sampling_rate=rate, seed=0)
+    optimizer.step()
+    # From zero moments, one step leaves m != 0 exactly where the entry was used.
+    used = sum(int((optimizer.state[p]["exp_avg"] != 0).sum()) for p in params)
+    n = sum(p.numel() for p in params)
+    realised = round(rate * 2**16) / 2**16
+    bound = 5 * math.sqrt(realised * (1 - realised) / n)  # five binomial standard deviations
+    assert abs(used / n - realised) < bound
+    # A fresh mask every step: the next step uses a different set of entries.
+    before = [optimizer.state[p]["exp_avg"].clone() for p in params]
+    optimizer.step()
+    changed = [
+        (optimizer.state[p]["exp_avg"] != b.lerp(torch.zeros_like(b), 0.1))
+        for p, b in zip(params, before, strict=True)
+    ]
+    fresh_used = sum(int(c.sum()) for c in changed)
+    assert abs(fresh_used / n - realised) < bound
+
+
+def test_tensor_masks_keep_or_drop_whole_tensors():
+    params = _params(*[(7, 5)] * 40)
+    generator = torch.Generator().manual_seed(0)
+    kept = 0
+    for _ in range(25):
+        masks = draw_masks(params, 0.3, mask="tensor", generator=lambda device: generator)
+        for m in masks:
+            assert torch.all(m == m.flatten()[0]), "a tensor is partly masked"
+        kept += sum(int(m.flatten()[0]) for m in masks)
+    trials = 25 * 40
+    assert abs(kept / trials - 0.3) < 5 * math.sqrt(0.3 * 0.7 / trials)
+
+
+def test_element_masks_are_0_1_in_the_parameter_dtype():
+    params = _params((30, 20), (20,), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    masks = draw_masks(params, 0.5, mask="element", generator=lambda device: generator)
+    for m, p in zip(masks, params, strict=True):
+        assert m.shape == p.shape and m.dtype == p.dtype
+        assert set(m.unique().tolist()) == {0.0, 1.0}
+    assert draw_masks(params, 1.0, mask="element", generator=None) is None
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_freeze_leaves_masked_moments_and_parameters_untouched(foreach):
+    params = _params((50, 40), (40,), dtype=torch.float64)
+    optimizer = StochGradAdam(
+        params, sampling_rate=0.5, masked_state="freeze", seed=1, foreach=foreach
+    )
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()  # moments now nonzero where used
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = {
+        id(p): (
+            p.detach().clone(),
+            *(optimizer.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq")),
+        )
+        for p in params
+    }
+    # Reproduce the masks this step will draw from a copy of the optimizer's generator.
+    replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
+    masks = draw_masks(params, 0.5, mask="element", generator=lambda device: replay)
+    optimizer.step()
+    for p, keep in zip(params, masks, strict=True):
+        masked = keep == 0
+        old_p, old_m, old_v = before[id(p)]
+        new = (p.detach(), optimizer.state[p]["exp_avg"], optimizer.state[p]["exp_avg_sq"])
+        for old, now in zip((old_p, old_m, old_v), new, strict=True):
+            assert torch.equal(now[masked], old[masked])
+            assert torch.all(now[~masked] != old[~masked])
+
+
+def test_decay_moves_masked_entries_by_their_momentum():
+    params = _params((50, 40), dtype=torch.float64)
+    optimizer = StochGradAdam(params, sampling_rate=0.5, seed=1)
+    params[0].grad = torch.randn_like(params[0])
+    optimizer.step()
+    m_before = optimizer.state[params[0]]["exp_avg"].clone()
+    replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
+    (keep,) = draw_masks(params, 0.5, mask="element", generator=lambda device: replay)
+    optimizer.step()
+    masked = keep == 0
+    # A masked entry counts as a zero gradient: its first moment decays by beta1.
+    decayed = m_before.lerp(torch.zeros_like(m_before), 1 - 0.9)
+    assert torch.equal(optimizer.state[params[0]]["exp_avg"][masked], decayed[masked])
+
+
+def test_save_load_continue_is_bitwise_an_uninterrupted_run(mnist1d):
+    x, y = mnist1d.train.tensors[0][:64], mnist1d.train.tensors[1][:64]
+
+    def fresh():
+        model = reference_model(mnist1d).float()
+        return model, StochGradAdam(model.parameters(), sampling_rate=0.5, seed=7)
+
+    model, optimizer = fresh()
+    straight = train(model, optimizer, x, y, 20)
+
+    model, optimizer = fresh()
+    train(model, optimizer, x, y, 10)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model, _ = fresh()
+    optimizer = StochGradAdam(model.parameters(), sampling_rate=0.5, seed=999)  # seed restored too
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    resumed = train(model, optimizer, x, y, 10)
+    assert torch.equal(resumed, straight)
+
+
+def test_same_seed_same_masks_different_seed_different_masks():
+    def run(seed):
+        params = _params((20, 20))
+        optimizer = StochGradAdam(params, sampling_rate=0.5, seed=seed)
+        for _ in range(3):
+            params[0].grad = torch.ones_like(params[0])
+            optimizer.step()
+        return params[0].detach()
+
+    assert torch.equal(run(1), run(1))  # what keeps data-parallel replicas in sync
+    assert not torch.equal(run(1), run(2))
+
+
+def test_it_trains_the_reference_model(mnist1d):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("mnist1d-cnn", num_classes=10, input_shape=mnist1d.input_shape)
+    optimizer = build_optimizer("stochgradadam", model.parameters(), seed=0, lr=3e-3)
+    trainer = Trainer(
+        model,
+        optimizer,
+        mnist1d.train,
+        mnist1d.test,
+        config=TrainConfig(epochs=6, batch_size=64, schedule="constant"),
+    )
+    first_loss = trainer.evaluate()["test_loss"]
+    summary = trainer.fit()
+    assert summary["final_test_loss"] < 0.5 * first_loss
+    assert summary["final_test_accuracy"] > 0.6  # chance is 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"sampling_rate": 0.0}, "sampling_rate=0.0"),
+        ({"sampling_rate": 1.5}, "sampling_rate=1.5"),
+        ({"sampling_rate": 1e-6}, "sampling_rate=1e-06"),
+        ({"betas": (0.9, 1.0)}, r"betas=\(0.9, 1.0\)"),
+        ({"betas": (-0.1, 0.99)}, r"betas=\(-0.1, 0.99\)"),
+        ({"eps": -1e-8}, "eps=-1e-08"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1"),
+        ({"mask": "row"}, "'row'"),
+        ({"masked_state": "keep"}, "'keep'"),
+    ],
+)
+def test_invalid_arguments_name_the_value(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        StochGradAdam(_params((2,)), **kwargs)
+
+
+def test_invalid_group_option_and_unknown_factory_option():
+    params = _params((2,), (3,))
+    with pytest.raises(ValueError, match="sampling_rate=2"):
+        StochGradAdam([{"params": params[:1]}, {"params": params[1:], "sampling_rate": 2}])
+    with pytest.raises(ValueError, match="'momentum'"):
+        build_optimizer("stochgradadam", params, momentum=0.9)
