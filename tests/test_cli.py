@@ -84,20 +84,8 @@ def test_bench_end_to_end(tmp_path):
 
 
 def test_optimizer_flags(tmp_path):
-    proc = sievetrain(
-        "train",
-        *SMALL,
-        "--optimizer",
-        "stochgradadam",
-        "--sampling-rate",
-        "0.5",
-        "--lr",
-        "0.002",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "t"),
-    )
+    flags = "--optimizer stochgradadam --sampling-rate 0.5 --lr 0.002 --epochs 1".split()
+    proc = sievetrain("train", *SMALL, *flags, "--out", str(tmp_path / "t"))
     assert proc.returncode == 0, proc.stderr
     (r,) = records(tmp_path / "t")
     assert r["method"] == "full+stochgradadam"

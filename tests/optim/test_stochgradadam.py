@@ -116,7 +116,7 @@ def test_tensor_masks_keep_or_drop_whole_tensors():
     generator = torch.Generator().manual_seed(0)
     kept = 0
     for _ in range(25):
-        masks = draw_masks(params, 0.3, mask="tensor", generator=lambda device: generator)
+        masks = draw_masks(params, 0.3, mask="tensor", generator_for=lambda device: generator)
         for m in masks:
             assert torch.all(m == m.flatten()[0]), "a tensor is partly masked"
         kept += sum(int(m.flatten()[0]) for m in masks)
@@ -127,11 +127,11 @@ def test_tensor_masks_keep_or_drop_whole_tensors():
 def test_element_masks_are_0_1_in_the_parameter_dtype():
     params = _params((30, 20), (20,), dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
-    masks = draw_masks(params, 0.5, mask="element", generator=lambda device: generator)
+    masks = draw_masks(params, 0.5, mask="element", generator_for=lambda device: generator)
     for m, p in zip(masks, params, strict=True):
         assert m.shape == p.shape and m.dtype == p.dtype
         assert set(m.unique().tolist()) == {0.0, 1.0}
-    assert draw_masks(params, 1.0, mask="element", generator=None) is None
+    assert draw_masks(params, 1.0, mask="element", generator_for=None) is None
 
 
 @pytest.mark.parametrize("foreach", [True, False])
@@ -154,7 +154,7 @@ def test_freeze_leaves_masked_moments_and_parameters_untouched(foreach):
     }
     # Reproduce the masks this step will draw from a copy of the optimizer's generator.
     replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
-    masks = draw_masks(params, 0.5, mask="element", generator=lambda device: replay)
+    masks = draw_masks(params, 0.5, mask="element", generator_for=lambda device: replay)
     optimizer.step()
     for p, keep in zip(params, masks, strict=True):
         masked = keep == 0
@@ -172,7 +172,7 @@ def test_decay_moves_masked_entries_by_their_momentum():
     optimizer.step()
     m_before = optimizer.state[params[0]]["exp_avg"].clone()
     replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
-    (keep,) = draw_masks(params, 0.5, mask="element", generator=lambda device: replay)
+    (keep,) = draw_masks(params, 0.5, mask="element", generator_for=lambda device: replay)
     optimizer.step()
     masked = keep == 0
     # A masked entry counts as a zero gradient: its first moment decays by beta1.

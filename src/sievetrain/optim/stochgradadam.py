@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -126,7 +126,7 @@ class StochGradAdam(Optimizer):
                 params,
                 group["sampling_rate"],
                 mask=group["mask"],
-                generator=self._generator,
+                generator_for=self._generator,
             )
             beta1, beta2 = group["betas"]
             stochgradadam(
@@ -219,13 +219,17 @@ def _validate(options: dict[str, Any]) -> None:
 
 
 def draw_masks(
-    params: list[Tensor], sampling_rate: float, *, mask: str, generator
+    params: list[Tensor],
+    sampling_rate: float,
+    *,
+    mask: str,
+    generator_for: Callable[[torch.device], torch.Generator],
 ) -> list[Tensor] | None:
     """Masks ω shaped like ``params``, 1 where an entry is used and 0 where it is
     masked, in each parameter's dtype; None when ``sampling_rate`` is 1 (nothing
     masked, no random numbers drawn).
 
-    ``generator(device)`` returns the generator for a device. One draw per
+    ``generator_for(device)`` returns the generator for a device. One draw per
     (device, dtype) covers all its tensors: 16 random bits per entry ("element")
     or per tensor ("tensor"), compared with ``round(s * 2**16)``. Random 64-bit
     integers are split into four 16-bit lanes, about 3x cheaper on CPU than a
@@ -241,7 +245,9 @@ def draw_masks(
         groups.setdefault((p.device, p.dtype), []).append(i)
     for (device, dtype), positions in groups.items():
         numels = [params[i].numel() for i in positions]
-        lanes = _random_int16(sum(numels) if mask == "element" else len(numels), generator(device))
+        lanes = _random_int16(
+            sum(numels) if mask == "element" else len(numels), generator_for(device)
+        )
         keep = torch.lt(lanes, threshold, out=torch.empty(lanes.shape, dtype=dtype, device=device))
         if mask == "tensor":  # one draw per tensor, spread over its entries
             keep = keep.repeat_interleave(torch.tensor(numels, device=device))
