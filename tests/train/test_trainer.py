@@ -191,3 +191,19 @@ def test_bad_config_names_the_value(bad):
     key, value = next(iter(bad.items()))
     with pytest.raises(ValueError, match=str(value).replace("(", r"\(").replace(")", r"\)")[:20]):
         TrainConfig(**bad)
+
+
+def test_evaluate_reports_mean_normalized_entropy(mnist1d):
+    from sievetrain.train import normalized_entropy
+
+    trainer = make_trainer(mnist1d, epochs=1)
+    trainer.fit()
+    metrics = trainer.evaluate()
+    trainer.model.eval()
+    with torch.no_grad():
+        x, _ = mnist1d.test.tensors
+        expected = normalized_entropy(trainer.model(x)).mean().item()
+    assert metrics["test_entropy"] == pytest.approx(expected, rel=1e-5)
+    assert 0 < metrics["test_entropy"] < 1
+    assert trainer.history[-1]["test_entropy"] == pytest.approx(metrics["test_entropy"])
+    assert trainer.summary()["final_test_entropy"] == trainer.history[-1]["test_entropy"]
