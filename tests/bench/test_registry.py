@@ -100,5 +100,7 @@ def test_knob_overrides_and_default_optimizer():
     assert parse_run("srs:0.3+adam", defaults={"optimizer": "rmsprop"}).optimizer.method.name == (
         "adam"
     )
-    with pytest.raises(ValueError, match="'srs' is not a optimizer-level"):
+    with pytest.raises(
+        ValueError, match="'srs' is a sampler-level method, expected one of level 'optimizer'"
+    ):
         parse_run("full", defaults={"optimizer": "srs"})

@@ -138,7 +138,10 @@ def parse_run(
         if level not in chosen and name is not None:
             chosen[level] = _parse_component(name, name)
             if chosen[level].method.level != level:
-                raise ValueError(f"{name!r} is not a {level}-level method")
+                raise ValueError(
+                    f"{name!r} is a {chosen[level].method.level}-level method, "
+                    f"expected one of level {level!r}"
+                )
             if name != DEFAULTS[level]:  # a run's label names what it runs
                 text = f"{text}+{name}"
     for key, raw in (overrides or {}).items():

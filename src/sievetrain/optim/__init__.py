@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from sievetrain.optim.stochgradadam import StochGradAdam, draw_masks, stochgradadam
+from sievetrain.optim.functional import draw_masks, stochgradadam
+from sievetrain.optim.stochgradadam import StochGradAdam
 
 __all__ = ["OPTIMIZER_DEFAULTS", "StochGradAdam", "build_optimizer", "draw_masks", "stochgradadam"]
 

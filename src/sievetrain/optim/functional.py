@@ -1,0 +1,197 @@
+"""The functional core of StochGradAdam: drawing the masks, and the update rule
+with a readable per-tensor path and a ``torch._foreach_*`` path that give the
+same numbers. Pure functions of their tensor arguments; they read no globals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch._utils import _unflatten_dense_tensors
+
+__all__ = ["MASK_BITS", "draw_masks", "stochgradadam"]
+
+MASK_BITS = 16  # random bits per mask entry: P(keep) = round(s * 2**16) / 2**16
+
+
+def draw_masks(
+    params: list[Tensor],
+    sampling_rate: float,
+    *,
+    mask: str,
+    generator_for: Callable[[torch.device], torch.Generator],
+) -> list[Tensor] | None:
+    """Masks ω shaped like ``params``, 1 where an entry is used and 0 where it is
+    masked, in each parameter's dtype; None when ``sampling_rate`` is 1 (nothing
+    masked, no random numbers drawn).
+
+    ``generator_for(device)`` returns the generator for a device. One draw per
+    (device, dtype) covers all its tensors: 16 random bits per entry ("element")
+    or per tensor ("tensor"), compared with ``round(s * 2**16)``. Random 64-bit
+    integers are split into four 16-bit lanes, about 3x cheaper on CPU than a
+    float uniform per entry. The masks are views of one flat buffer per group.
+    """
+    if sampling_rate >= 1:
+        return None
+    # keep when a uniform 16-bit lane, read as a signed int16, is below this
+    threshold = round(sampling_rate * 2**MASK_BITS) - 2 ** (MASK_BITS - 1)
+    masks: list[Tensor | None] = [None] * len(params)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    for (device, dtype), positions in groups.items():
+        numels = [params[i].numel() for i in positions]
+        lanes = _random_int16(
+            sum(numels) if mask == "element" else len(numels), generator_for(device)
+        )
+        keep = torch.lt(lanes, threshold, out=torch.empty(lanes.shape, dtype=dtype, device=device))
+        if mask == "tensor":  # one draw per tensor, spread over its entries
+            keep = keep.repeat_interleave(torch.tensor(numels, device=device))
+        # torch's own helper (used by DDP): views of ``keep`` shaped like the params
+        views = _unflatten_dense_tensors(keep, [params[i] for i in positions])
+        for i, view in zip(positions, views, strict=True):
+            masks[i] = view
+    return masks  # type: ignore[return-value]
+
+
+def _random_int16(n: int, generator: torch.Generator) -> Tensor:
+    words = torch.randint(
+        -(2**63), 2**63 - 1, (math.ceil(n / 4),), generator=generator, device=generator.device
+    )
+    return words.view(torch.int16)[:n]
+
+
+def stochgradadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    masks: list[Tensor] | None,
+    *,
+    foreach: bool,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    masked_state: str = "decay",
+    scale: float = 1.0,
+) -> None:
+    """One StochGradAdam step, in place on ``params`` and the state tensors.
+
+    ``masks`` are 0/1 tensors shaped like ``params`` in their dtypes (1 = entry
+    used), or None to use every entry (exactly Adam's update). With
+    ``masked_state="decay"`` they are overwritten with the masked gradient, so
+    that it needs no buffer of its own. ``scale`` multiplies the kept gradient entries
+    (``1 / s`` when rescaling). Reads no globals; the grads are not modified.
+    """
+    update = _multi_tensor if foreach else _single_tensor
+    update(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        state_steps,
+        masks,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        freeze=masked_state == "freeze",
+        scale=scale,
+    )
+
+
+def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
+    lr, beta1, beta2, eps, scale = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["scale"]
+    for i, param in enumerate(params):
+        grad, m, v, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
+        keep = masks[i] if masks is not None else None  # ω
+        step_t += 1
+        if hp["weight_decay"] != 0:
+            grad = grad.add(param, alpha=hp["weight_decay"])
+        step = step_t.item()
+        step_size = lr / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        if keep is None:  # every entry used: Adam, operation for operation
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(m, denom, value=-step_size)
+        elif hp["freeze"]:
+            # Kept entries: Adam's update; masked entries: moments and parameter untouched.
+            if scale != 1:
+                grad = grad * scale
+            m.addcmul_(grad - m, keep, value=1 - beta1)
+            v.addcmul_(grad * grad - v, keep, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(m * keep, denom, value=-step_size)
+        else:
+            # ĝ = ω ⊙ g in the mask's buffer: a masked entry counts as a zero gradient.
+            grad = keep.mul_(grad)
+            if scale != 1:
+                grad.mul_(scale)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(m, denom, value=-step_size)
+
+
+def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
+    # foreach kernels take lists on one device and of one dtype.
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps, masks)
+    if len(groups) == 1:  # the common case: no copies of the lists
+        _multi_tensor_group(*lists, **hp)
+        return
+    for positions in groups.values():
+        _multi_tensor_group(
+            *([x[i] for i in positions] if x is not None else None for x in lists), **hp
+        )
+
+
+def _multi_tensor_group(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
+    # The same operations as _single_tensor, in the same order, on lists.
+    lr, beta1, beta2, eps, scale = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["scale"]
+    # One CPU scalar tensor rather than a Python 1 wrapped again for every step count.
+    torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
+    if hp["weight_decay"] != 0:
+        grads = torch._foreach_add(grads, params, alpha=hp["weight_decay"])
+    steps = [s.item() for s in state_steps]
+    step_sizes = [-lr / (1 - beta1**step) for step in steps]
+    bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
+    if masks is None:  # every entry used: Adam, operation for operation
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        del grads  # before the denominator takes its own buffer
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+    elif hp["freeze"]:
+        if scale != 1:
+            grads = torch._foreach_mul(grads, scale)
+        diff = torch._foreach_sub(grads, exp_avgs)
+        torch._foreach_addcmul_(exp_avgs, diff, masks, value=1 - beta1)
+        diff = torch._foreach_sub(torch._foreach_mul(grads, grads), exp_avg_sqs)
+        torch._foreach_addcmul_(exp_avg_sqs, diff, masks, value=1 - beta2)
+        del diff, grads
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        exp_avgs = torch._foreach_mul(exp_avgs, masks)  # masked entries: a zero step
+    else:
+        # ĝ = ω ⊙ g in the masks' buffers: a masked entry counts as a zero gradient.
+        torch._foreach_mul_(masks, grads)
+        grads = masks
+        if scale != 1:
+            torch._foreach_mul_(grads, scale)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
