@@ -27,7 +27,7 @@ import torch
 
 from sievetrain._io import atomic_write_text
 from sievetrain.models import build_model
-from sievetrain.optim import StochGradAdam
+from sievetrain.optim import StochGradAdam, draw_masks
 from sievetrain.train import environment
 
 OPTIMIZERS = {
@@ -44,6 +44,7 @@ OPTIMIZERS = {
     ),
 }
 REFERENCE = "Adam, foreach (reference)"
+MASK_DRAW = "draw_masks alone (rate 0.8, element)"
 
 
 def parameter_sets() -> dict[str, list[torch.Tensor]]:
@@ -59,20 +60,26 @@ def parameter_sets() -> dict[str, list[torch.Tensor]]:
 
 
 def time_steps(params: list[torch.Tensor], repeats: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of every optimizer, one value per repeat."""
-    copies, optimizers = {}, {}
+    """Seconds per step of every optimizer, and of drawing StochGradAdam's masks
+    alone (the part of its step that Adam does not do), one value per repeat."""
+    calls = {}
     for name, make in OPTIMIZERS.items():
-        copies[name] = [torch.nn.Parameter(p.clone()) for p in params]
-        for p in copies[name]:
+        copy = [torch.nn.Parameter(p.clone()) for p in params]
+        for p in copy:
             p.grad = torch.randn_like(p) * 1e-3
-        optimizers[name] = make(copies[name])
-        optimizers[name].step()  # state allocated outside the timed block
-    times: dict[str, list[float]] = {name: [] for name in OPTIMIZERS}
+        optimizer = make(copy)
+        optimizer.step()  # state allocated outside the timed block
+        calls[name] = optimizer.step
+    generator = torch.Generator().manual_seed(0)
+    calls[MASK_DRAW] = lambda: draw_masks(
+        params, 0.8, mask="element", generator_for=lambda device: generator
+    )
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        for name, opt in optimizers.items():
+        for name, call in calls.items():
             start = time.perf_counter()
             for _ in range(steps):
-                opt.step()
+                call()
             times[name].append((time.perf_counter() - start) / steps)
     return times
 
@@ -84,7 +91,7 @@ def measure_memory(name: str) -> float:
         p.grad = torch.randn_like(p)
     opt = OPTIMIZERS[name](params)
     opt.step()  # allocates the moments
-    before = _rss_kib()
+    before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     opt.step()
     peak = _status_kib("VmHWM")
@@ -97,10 +104,6 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _rss_kib() -> int:
-    return _status_kib("VmRSS")
 
 
 def main() -> None:
@@ -129,7 +132,7 @@ def main() -> None:
         lines += [
             f"## {set_name}: {numel:,} parameters in {len(params)} tensors",
             "",
-            "| optimizer | step time (µs) | ratio to Adam foreach |",
+            "| optimizer | step time (µs) | ratio to Adam foreach's step |",
             "|---|---|---|",
         ]
         for name, values in times.items():

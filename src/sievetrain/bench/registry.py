@@ -13,6 +13,7 @@ its options, e.g. ``srs:0.1/interval=10+adam/lr=0.003``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -136,6 +137,9 @@ def parse_run(
         chosen[level] = component
     for level, name in {**DEFAULTS, **(defaults or {})}.items():
         if level not in chosen and name is not None:
+            if re.split("[:/]", name)[0] not in REGISTRY:
+                known = ", ".join(m.name for m in REGISTRY.values() if m.level == level)
+                raise ValueError(f"unknown {level} {name!r}; known: {known}")
             chosen[level] = _parse_component(name, name)
             if chosen[level].method.level != level:
                 raise ValueError(

@@ -21,7 +21,7 @@ import torch
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
 from sievetrain._io import append_jsonl, atomic_torch_save, read_jsonl
 from sievetrain._rng import derive_seed
-from sievetrain.bench.registry import REGISTRY, RunSpec, parse_run, parse_value
+from sievetrain.bench.registry import RunSpec, parse_run, parse_value
 from sievetrain.data import DataSplit
 from sievetrain.models import DEFAULT_MODEL, build_model
 from sievetrain.train import TrainConfig, Trainer, environment
@@ -71,12 +71,7 @@ def prepare(
         **{k: parse_value(v, getattr(config, k), k) for k, v in sets.items() if k in CONFIG_KEYS}
     )
     method_sets = {k: v for k, v in sets.items() if k not in CONFIG_KEYS}
-    defaults = None
-    if optimizer is not None:
-        optimizers = [m.name for m in REGISTRY.values() if m.level == "optimizer"]
-        if re.split("[:/]", optimizer)[0] not in optimizers:
-            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(optimizers)}")
-        defaults = {"optimizer": optimizer}
+    defaults = {"optimizer": optimizer} if optimizer is not None else None
     runs = tuple(parse_run(m, method_sets, defaults) for m in methods)
     settable = {
         key

@@ -38,10 +38,7 @@ def draw_masks(
     # keep when a uniform 16-bit lane, read as a signed int16, is below this
     threshold = round(sampling_rate * 2**MASK_BITS) - 2 ** (MASK_BITS - 1)
     masks: list[Tensor | None] = [None] * len(params)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype), []).append(i)
-    for (device, dtype), positions in groups.items():
+    for (device, dtype), positions in _by_device_and_dtype(params).items():
         numels = [params[i].numel() for i in positions]
         lanes = _random_int16(
             sum(numels) if mask == "element" else len(numels), generator_for(device)
@@ -54,6 +51,14 @@ def draw_masks(
         for i, view in zip(positions, views, strict=True):
             masks[i] = view
     return masks  # type: ignore[return-value]
+
+
+def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list]:
+    """Positions of ``tensors`` grouped by (device, dtype), in order of first appearance."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
 
 
 def _random_int16(n: int, generator: torch.Generator) -> Tensor:
@@ -143,9 +148,7 @@ def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **h
 
 def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
     # foreach kernels take lists on one device and of one dtype.
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype), []).append(i)
+    groups = _by_device_and_dtype(params)
     lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps, masks)
     if len(groups) == 1:  # the common case: no copies of the lists
         _multi_tensor_group(*lists, **hp)

@@ -102,9 +102,8 @@ class StochGradAdam(Optimizer):
             rescale=rescale,
             foreach=foreach,
         )
-        _validate(defaults)
         super().__init__(params, defaults)
-        for group in self.param_groups:  # per-group overrides are checked too
+        for group in self.param_groups:  # the defaults, and any per-group overrides
             _validate(group)
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
         self._generators: dict[str, torch.Generator] = {}
