@@ -14,8 +14,8 @@ def crash(_epoch_record):
 
 
 def trajectory(record):
-    keys = ("test_accuracy", "train_loss", "lr", "coverage")
-    return [tuple(h[k] for k in keys) for h in record["history"]]
+    keys = ("test_accuracy", "train_loss", "lr", "coverage", "exit_spearman")
+    return [tuple(h.get(k) for k in keys) for h in record["history"]]
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -33,7 +33,14 @@ def test_every_method_resumes_from_its_checkpoint_exactly(name, mnist1d, tmp_pat
     resumed = run_one(bench, run, 0, checkpoint=checkpoint)
 
     assert trajectory(resumed) == trajectory(clean)
-    for key in ("samples_forwarded", "samples_backpropagated", "optimizer_steps", "coverage"):
+    for key in (
+        "samples_forwarded",
+        "samples_forwarded_partially",
+        "samples_forwarded_fully",
+        "samples_backpropagated",
+        "optimizer_steps",
+        "coverage",
+    ):
         assert resumed[key] == clean[key], key
 
 

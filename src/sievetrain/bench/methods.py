@@ -8,6 +8,7 @@ from typing import Any
 from sievetrain.bench.registry import Method, register
 from sievetrain.optim import OPTIMIZER_DEFAULTS, build_optimizer
 from sievetrain.sampling import SoftRandomSampler
+from sievetrain.selection import SIFT, RandomKeep, SelectiveBackprop
 
 __all__: list[str] = []
 
@@ -112,6 +113,83 @@ register(
         default=OPTIMIZER_DEFAULTS["stochgradadam"]["sampling_rate"],
         options={
             k: v for k, v in OPTIMIZER_DEFAULTS["stochgradadam"].items() if k != "sampling_rate"
+        },
+    )
+)
+
+SIFT_OPTIONS = {
+    "stage": "",  # exit after this stage; "" = the model's exit_stage (its first layer)
+    "head": "auto",  # exit head: auto | reuse (the model's own head) | linear (trained)
+    "warmup": 0,  # batches kept whole at the start
+    "head_lr": 1e-3,  # Adam learning rate of a linear exit head
+}
+
+
+def _sift(score: str):
+    def build(ratio: float | None, opts: dict[str, Any], ctx: dict[str, Any]) -> SIFT:
+        return SIFT(
+            0.5 if ratio is None else ratio,
+            stage=opts["stage"] or None,
+            head=opts["head"],
+            score=score,
+            warmup_steps=opts["warmup"],
+            num_classes=ctx["num_classes"],
+            head_lr=opts["head_lr"],
+        )
+
+    return build
+
+
+register(
+    Method(
+        "sift",
+        "selector",
+        "SIFT: backprop the ceil(ratio*b) samples of each batch with the highest early-exit loss",
+        _sift("loss"),
+        knob="ratio",
+        default=0.5,
+        options=SIFT_OPTIONS,
+    )
+)
+register(
+    Method(
+        "sift-entropy",
+        "selector",
+        "SIFT scored by early-exit prediction entropy (label-free)",
+        _sift("entropy"),
+        knob="ratio",
+        default=0.5,
+        options=SIFT_OPTIONS,
+    )
+)
+register(
+    Method(
+        "random-keep",
+        "selector",
+        "backprop a uniform random ceil(ratio*b) of each batch (SIFT's control)",
+        lambda ratio, opts, ctx: RandomKeep(0.5 if ratio is None else ratio, seed=ctx["seed"]),
+        knob="ratio",
+        default=0.5,
+    )
+)
+register(
+    Method(
+        "selective-backprop",
+        "selector",
+        "Selective Backprop: keep with probability max(min_prob, loss percentile^beta)",
+        lambda beta, opts, ctx: SelectiveBackprop(
+            3.0 if beta is None else beta,
+            min_prob=opts["min_prob"],
+            history=opts["history"],
+            full_epochs=opts["full_epochs"],
+            seed=ctx["seed"],
+        ),
+        knob="beta",
+        default=3.0,
+        options={
+            "min_prob": 0.05,  # floor on the keep probability (s_min)
+            "history": 1024,  # recent losses the percentile is taken over
+            "full_epochs": 1,  # epochs at the start that keep every sample
         },
     )
 )

@@ -41,7 +41,7 @@ class Method:
 
     ``build`` receives ``(value, options, context)`` where ``context`` carries what
     the level needs: for samplers ``n``, ``seed``, ``batch_size``; for selectors
-    ``seed``; for optimizers ``params`` and ``seed``.
+    ``seed`` and ``num_classes``; for optimizers ``params`` and ``seed``.
     """
 
     name: str

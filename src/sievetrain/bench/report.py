@@ -34,6 +34,10 @@ COLUMNS = (
     "coverage (%)",
     "sampler share (%)",
 )
+# Shown when a run selects within batches: forward passes that stop at an early
+# exit, whole forward passes (with or without gradients), and how well the
+# selector's scores rank the true losses on held-out batches.
+SELECTION_COLUMNS = ("forwarded partially", "forwarded fully", "exit/true Spearman")
 
 
 def baseline_label(records: Sequence[dict[str, Any]]) -> str:
@@ -77,6 +81,12 @@ def summarize(
                 "time_to_target": statistics.fmean(reached) if reached else None,
                 "reached_target": len(reached),
                 "backpropagated": _mean(r["samples_backpropagated"] for r in runs),
+                "forwarded_partially": _mean(r.get("samples_forwarded_partially", 0) for r in runs),
+                "forwarded_fully": _mean(
+                    r.get("samples_forwarded_fully", r["samples_forwarded"]) for r in runs
+                ),
+                "spearman": _mean_or_none(r.get("final_exit_spearman") for r in runs),
+                "selects": any(r["config"]["methods"].get("selector") for r in runs),
                 "coverage": 100 * _mean(r["coverage"] for r in runs),
                 "sampler_share": 100
                 * _mean(r["time_breakdown_s"]["sampling"] / r["train_time_s"] for r in runs),
@@ -86,7 +96,9 @@ def summarize(
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    selects = any(r["selects"] for r in rows)
+    columns = COLUMNS + SELECTION_COLUMNS if selects else COLUMNS
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         ttt = "not reached"
         if r["time_to_target"] is not None:
@@ -106,6 +118,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['coverage']:.1f}",
             f"{r['sampler_share']:.3f}",
         ]
+        if selects:
+            cells += [
+                f"{r['forwarded_partially']:,.0f}",
+                f"{r['forwarded_fully']:,.0f}",
+                "—" if r["spearman"] is None else f"{r['spearman']:.3f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

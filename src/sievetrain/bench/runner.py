@@ -92,7 +92,7 @@ def prepare(
         run.sampler.build(n=len(data.train), seed=0, batch_size=config.batch_size)
         run.optimizer.build(params=probe, seed=0)
         if run.selector is not None:
-            run.selector.build(seed=0)
+            run.selector.build(seed=0, num_classes=data.num_classes)
     model = model or DEFAULT_MODEL[data.name]
     build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
     return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
@@ -138,7 +138,11 @@ def run_one(
         data.test,
         config=config,
         sampler=run.sampler.build(n=len(data.train), seed=seed, batch_size=config.batch_size),
-        selector=run.selector.build(seed=seed) if run.selector is not None else None,
+        selector=(
+            run.selector.build(seed=seed, num_classes=data.num_classes)
+            if run.selector is not None
+            else None
+        ),
         seed=seed,
         progress=progress,
     )

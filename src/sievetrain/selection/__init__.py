@@ -4,7 +4,18 @@ A selector is called by the trainer once per batch, before the forward pass with
 gradients, as ``selector.select(model, x, y)``. It returns the positions in the
 batch to keep (an int64 tensor) or ``None`` for "keep every sample". Any forward
 work it does to decide (an early-exit scoring pass, a no-grad loss pass) is
-counted inside the selection time of the run, and reported through ``stats()``.
+counted inside the selection time of the run, and reported through ``stats()``
+(``samples_forwarded_partially`` for passes that stop at an early exit,
+``samples_forwarded_no_grad`` for whole forward passes without gradients).
+
+Optional parts the trainer uses when present:
+
+- ``set_epoch(epoch)``: called at the start of every epoch.
+- ``score(model, x, y) -> (B,)``: the selector's score of each sample, without
+  side effects; the trainer measures after every epoch how well it ranks the
+  true per-sample losses on held-out batches (Spearman correlation).
+- ``accumulates = True``: kept samples are gathered into full batches before a
+  backward pass (the remainder is trained at the end of the epoch).
 """
 
 from __future__ import annotations
@@ -14,7 +25,24 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Selector", "KeepAll"]
+from sievetrain.selection.early_exit import EXIT_HEADS, EarlyExit, scoring_mode
+from sievetrain.selection.selective_backprop import SelectiveBackprop, keep_probabilities
+from sievetrain.selection.sift import SCORES, SIFT, RandomKeep, keep_count, select_top_k
+
+__all__ = [
+    "EXIT_HEADS",
+    "SCORES",
+    "SIFT",
+    "EarlyExit",
+    "KeepAll",
+    "RandomKeep",
+    "SelectiveBackprop",
+    "Selector",
+    "keep_count",
+    "keep_probabilities",
+    "scoring_mode",
+    "select_top_k",
+]
 
 
 @runtime_checkable

@@ -1,25 +1,24 @@
-"""Evaluation metrics as pure functions of a batch of logits."""
+"""Evaluation metrics as pure functions of tensors."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
-__all__ = ["normalized_entropy"]
+from sievetrain.losses import normalized_entropy
+
+__all__ = ["normalized_entropy", "spearman"]
 
 
-def normalized_entropy(logits: Tensor) -> Tensor:
-    """Entropy of each softmax prediction divided by log C, shape (B,) from (B, C).
-
-    0 means fully confident (one class has all the probability), 1 uniform over
-    the C classes. Computed from log-softmax, so it stays finite for saturated
-    logits; a single class (C = 1) has entropy 0.
-    """
-    num_classes = logits.shape[-1]
-    if num_classes < 2:
-        return logits.new_zeros(logits.shape[:-1])
-    p = torch.softmax(logits.float(), dim=-1)  # (B, C)
-    # p log p with the convention 0 log 0 = 0, where a plain product would give NaN
-    return -torch.special.xlogy(p, p).sum(dim=-1) / math.log(num_classes)
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors of equal length (ties ranked by
+    position, which is exact for continuous values); NaN when either is constant
+    or has fewer than 2 entries."""
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"expected two 1-D tensors of one length, got {a.shape} and {b.shape}")
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = (x.double().argsort().argsort().double() for x in (a, b))
+    if bool((a == a[0]).all()) or bool((b == b[0]).all()):
+        return float("nan")
+    return torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,21 +19,25 @@ from torch.utils.data import Dataset, Sampler
 
 from sievetrain._rng import derive_seed
 from sievetrain.data import make_loader
+from sievetrain.losses import batch_loss, flatten_targets, sample_losses
 from sievetrain.sampling import CoverageTracker, SoftRandomSampler
-from sievetrain.selection import KeepAll, Selector
+from sievetrain.selection import KeepAll, Selector, scoring_mode
 from sievetrain.train.accounting import Accounting
 from sievetrain.train.config import TrainConfig
-from sievetrain.train.metrics import normalized_entropy
+from sievetrain.train.metrics import normalized_entropy, spearman
 from sievetrain.train.schedules import lr_multiplier
 
 __all__ = ["Trainer"]
+
+RANK_BATCHES = 8  # held-out batches on which a selector's ranking is measured each epoch
 
 
 class Trainer:
     """Train ``model`` on ``train_set`` and evaluate on ``test_set`` after every epoch.
 
     Args:
-        model: any classifier mapping a batch (B, ...) to logits (B, C).
+        model: maps a batch (B, ...) to logits (B, C) for targets (B,), or to
+            (B, T, V) for token targets (B, T) (see :mod:`sievetrain.losses`).
         optimizer: a ``torch.optim.Optimizer`` over ``model``'s parameters. Its
             learning rates are the base rates the schedule multiplies.
         train_set, test_set: map-style datasets of (x, y); ``TensorDataset``s take
@@ -74,6 +78,7 @@ class Trainer:
         self.progress = progress
         self.train_loader = make_loader(train_set, config.batch_size, sampler=self.sampler)
         self.test_loader = make_loader(test_set, config.eval_batch_size)
+        self.rank_loader = make_loader(test_set, config.batch_size)  # training-sized batches
         self.coverage = CoverageTracker(len(train_set))
         self.acct = Accounting(sync_device=self.device if self.device.type == "cuda" else None)
         self.history: list[dict[str, Any]] = []
@@ -119,6 +124,8 @@ class Trainer:
         with acct.phase("sampling"):  # len() draws (and caches) the epoch's indices
             self.sampler.set_epoch(epoch)
             n_batches = len(self.train_loader)
+        if hasattr(self.selector, "set_epoch"):
+            self.selector.set_epoch(epoch)
         if cfg.schedule_unit == "epoch":
             self._set_lr(epoch / cfg.epochs)
         loss_sum = torch.zeros((), device=self.device)
@@ -127,24 +134,7 @@ class Trainer:
         with bar, torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(derive_seed(self.seed, "torch", epoch))
             self.model.train()
-            batches = iter(self.train_loader)
-            while True:
-                with acct.phase("data"):
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    x, y, idx = batch
-                    x, y = (
-                        x.to(self.device, non_blocking=True),
-                        y.to(self.device, non_blocking=True),
-                    )
-                with acct.phase("selection"):
-                    keep = self.selector.select(self.model, x, y)
-                    if keep is not None:
-                        x, y, idx = x[keep], y[keep], idx[keep.cpu()]
-                bar.advance()
-                if len(y) == 0:
-                    continue
+            for x, y, idx in self._selected_batches(bar):
                 loss = self._step(x, y)
                 with acct.phase("sampling"):  # coverage bookkeeping
                     self.coverage.update(idx)
@@ -153,12 +143,43 @@ class Trainer:
         acct.train_time_s += time.perf_counter() - start
         return loss_sum.item() / max(seen, 1)
 
+    def _selected_batches(
+        self, bar: _ProgressBar
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's batches after batch-level selection: what gets a forward and
+        backward pass. A selector that ``accumulates`` has its kept samples gathered
+        into full batches; the remainder comes last."""
+        acct = self.acct
+        size = self.config.batch_size
+        pending = _Pending() if getattr(self.selector, "accumulates", False) else None
+        for x, y, idx in _timed(iter(self.train_loader), acct, "data"):
+            with acct.phase("data"):
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+            with acct.phase("selection"):
+                keep = self.selector.select(self.model, x, y)
+                if keep is not None:
+                    x, y, idx = x[keep], y[keep], idx[keep.cpu()]
+                if pending is not None:
+                    pending.add(x, y, idx)
+            bar.advance()
+            if pending is None:
+                if len(y):
+                    yield x, y, idx
+                continue
+            while len(pending) >= size:
+                with acct.phase("selection"):
+                    batch = pending.take(size)
+                yield batch
+        if pending is not None and len(pending):
+            yield pending.take(len(pending))
+
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         acct = self.acct
         if self.config.schedule_unit == "step":
             self._set_lr(acct.optimizer_steps / max(self._total_steps, 1))
         with acct.phase("forward"):
-            loss = F.cross_entropy(self.model(x), y)
+            loss = batch_loss(self.model(x), y)
         with acct.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,8 +192,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Accuracy (fraction), mean cross-entropy and mean normalized prediction
-        entropy (0 = confident, 1 = uniform) on the test set, off the training clock."""
+        """Accuracy (fraction of predicted targets), mean cross-entropy and mean
+        normalized prediction entropy (0 = confident, 1 = uniform) on the test set,
+        and how well the selector's scores rank true losses (``exit_spearman``,
+        when the selector scores); all off the training clock."""
         self.acct._sync()
         start = time.perf_counter()
         self.model.eval()
@@ -182,7 +205,7 @@ class Trainer:
         n = 0
         for x, y, _ in self.test_loader:
             x, y = x.to(self.device), y.to(self.device)
-            logits = self.model(x)  # (B, C)
+            logits, y, _ = flatten_targets(self.model(x), y)  # (N, C), (N,)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             entropy_sum += normalized_entropy(logits).sum()
             correct += (logits.argmax(dim=1) == y).sum()
@@ -192,8 +215,28 @@ class Trainer:
             "test_loss": loss_sum.item() / n,
             "test_entropy": entropy_sum.item() / n,
         }
+        if hasattr(self.selector, "score"):
+            metrics["exit_spearman"] = self._rank_correlation()
         self.acct.eval_time_s += time.perf_counter() - start
         return metrics
+
+    def _rank_correlation(self) -> float | None:
+        """Mean Spearman correlation, over held-out training-sized batches, between
+        the selector's scores and the true per-sample losses, both computed as a
+        training step sees them (training mode, batch statistics)."""
+        self.model.train()
+        values = []
+        for i, (x, y, _) in enumerate(self.rank_loader):
+            if i == RANK_BATCHES:
+                break
+            x, y = x.to(self.device), y.to(self.device)
+            scores = self.selector.score(self.model, x, y)
+            with scoring_mode(self.model):
+                losses = sample_losses(self.model(x), y)
+            values.append(spearman(scores.cpu(), losses.cpu()))
+        self.model.eval()
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values else None
 
     # -- results and state ------------------------------------------------------
 
@@ -201,6 +244,7 @@ class Trainer:
         """Final figures of the run as JSON-ready values."""
         acct = self.acct
         last = self.history[-1] if self.history else {}
+        selected = self.selector.stats()
         return {
             "final_test_accuracy": last.get("test_accuracy"),
             "final_test_loss": last.get("test_loss"),
@@ -209,11 +253,15 @@ class Trainer:
             "eval_time_s": acct.eval_time_s,
             "time_breakdown_s": dict(acct.time_s),
             "samples_forwarded": acct.samples_forwarded,
+            "samples_forwarded_partially": selected.get("samples_forwarded_partially", 0),
+            "samples_forwarded_fully": acct.samples_forwarded
+            + selected.get("samples_forwarded_no_grad", 0),
             "samples_backpropagated": acct.samples_backpropagated,
             "optimizer_steps": acct.optimizer_steps,
             "coverage": self.coverage.fraction,
             "time_to_target_s": time_to_target(self.history, self.config.target_accuracy),
-            "selector": self.selector.stats(),
+            "final_exit_spearman": last.get("exit_spearman"),
+            "selector": selected,
             "history": list(self.history),
         }
 
@@ -272,7 +320,7 @@ class Trainer:
         x, y, _ = next(iter(make_loader(self.train_set, self.config.batch_size)))
         with torch.random.fork_rng(devices=self._rng_devices()):
             self.model.train()
-            F.cross_entropy(self.model(x.to(self.device)), y.to(self.device)).backward()
+            batch_loss(self.model(x.to(self.device)), y.to(self.device)).backward()
         self.model.zero_grad(set_to_none=True)
         self.model.load_state_dict(state)
 
@@ -285,6 +333,36 @@ def time_to_target(history: list[dict[str, Any]], target: float | None) -> float
         if record["test_accuracy"] >= target:
             return record["train_time_s"]
     return None
+
+
+def _timed(items: Iterator, acct: Accounting, phase: str) -> Iterator:
+    """``items``, with the time spent producing each one charged to ``phase``."""
+    while True:
+        with acct.phase(phase):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
+
+
+class _Pending:
+    """Kept samples waiting to fill a full batch: ``(x, y, idx)`` chunks in order."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[torch.Tensor, ...]] = []
+
+    def __len__(self) -> int:
+        return sum(len(chunk[1]) for chunk in self.chunks)
+
+    def add(self, *chunk: torch.Tensor) -> None:
+        if len(chunk[1]):
+            self.chunks.append(chunk)
+
+    def take(self, n: int) -> tuple[torch.Tensor, ...]:
+        """The first ``n`` pending samples, removed from the queue."""
+        joined = [torch.cat(parts) for parts in zip(*self.chunks, strict=True)]
+        self.chunks = [tuple(t[n:] for t in joined)] if len(joined[1]) > n else []
+        return tuple(t[:n] for t in joined)
 
 
 class _ProgressBar:

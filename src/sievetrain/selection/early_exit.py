@@ -1,0 +1,227 @@
+"""Early exits: score a batch from an intermediate stage of a model, cheaply.
+
+An :class:`EarlyExit` attaches a forward hook to one named submodule of any
+``nn.Module``. A scoring pass runs the model without gradients; when the hooked
+stage has produced its output the hook stops the pass (the rest of the network
+is never computed) and an exit head turns that output into logits. The user's
+model is not edited: no submodule is added, and :meth:`EarlyExit.remove` takes
+the hook away again.
+
+Exit heads:
+
+- ``"reuse"``: the model's own output head (its submodule named ``head``) applied
+  to the intermediate output. Parameter-free; it needs the stage to emit what
+  the head takes, as every layer of a transformer does (hidden size is shared).
+- ``"linear"``: a small head of its own, average pooling then one linear layer,
+  trained on every scored batch's exit loss. It is trained on the detached stage
+  output with its own Adam, so the trunk's gradients are never touched.
+- ``"auto"``: ``"reuse"`` when the model's head accepts the stage's output,
+  else ``"linear"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sievetrain.losses import batch_loss
+
+__all__ = ["EXIT_HEADS", "EarlyExit", "scoring_mode"]
+
+EXIT_HEADS = ("auto", "reuse", "linear")
+_POOLED_SIZE = 4  # the linear head pools each spatial dimension to 4 (16 cells for images)
+
+
+class _StopForward(Exception):
+    """Raised by the exit hook to end a scoring pass at the exit."""
+
+
+class EarlyExit:
+    """An exit after ``model.<stage>``, removable, with a reused or trained head.
+
+    Args:
+        model: any ``nn.Module``; it is not modified (one forward hook is added).
+        stage: dotted name of the submodule after which to exit, e.g. ``"stem"``
+            or ``"layer1"`` (``model.get_submodule(stage)``).
+        head: ``"auto"``, ``"reuse"`` or ``"linear"`` (see the module docstring).
+        num_classes: outputs of a linear head (classes, or vocabulary size).
+        head_module: name of the model's own output head, for ``"reuse"``.
+        lr: learning rate of the linear head's Adam.
+
+    Raises:
+        ValueError: unknown ``stage``, ``head`` or ``head_module``; a linear head
+            without ``num_classes``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stage: str,
+        *,
+        head: str = "auto",
+        num_classes: int | None = None,
+        head_module: str = "head",
+        lr: float = 1e-3,
+    ) -> None:
+        if head not in EXIT_HEADS:
+            raise ValueError(f"unknown exit head {head!r}; known: {', '.join(EXIT_HEADS)}")
+        self.stage, self.lr, self.num_classes = stage, lr, num_classes
+        self._model_head = _find(model, head_module, "head_module") if head != "linear" else None
+        if head == "reuse" and stage == head_module:  # exit at the output: logits as they are
+            self._model_head = nn.Identity()
+        self.kind = head  # resolved to "reuse" or "linear" on the first pass
+        if head == "linear" and num_classes is None:
+            raise ValueError("a linear exit head needs num_classes")
+        self.linear: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._features: Tensor | None = None
+        self._armed = False
+        self._handle = _find(model, stage, "stage").register_forward_hook(self._hook)
+
+    def remove(self) -> None:
+        """Take the hook off the model; it behaves exactly as before."""
+        self._handle.remove()
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        if self._armed:
+            self._features = output
+            raise _StopForward
+
+    def features(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The stage's output for ``x``, computed without gradients and without
+        running the rest of the model."""
+        self._armed = True
+        try:
+            with torch.no_grad():
+                model(x)
+        except _StopForward:
+            pass
+        finally:
+            self._armed = False
+        features, self._features = self._features, None
+        if features is None:
+            raise ValueError(f"stage {self.stage!r} did not run in the model's forward pass")
+        return features
+
+    def logits(self, model: nn.Module, x: Tensor, y: Tensor, *, train_head: bool = True) -> Tensor:
+        """Exit logits for ``x`` (same layout as the model's output); with
+        ``train_head`` a linear head also takes one step on this batch's exit loss."""
+        features = self.features(model, x)
+        if self.kind == "auto":
+            self.kind = "reuse" if self._reuse_fits(features) else "linear"
+            if self.kind == "linear" and self.num_classes is None:
+                raise ValueError(
+                    f"the model's head does not take the output of stage {self.stage!r} "
+                    f"(shape {tuple(features.shape)}), and a linear head needs num_classes"
+                )
+        if self.kind == "reuse":
+            with torch.no_grad():
+                try:
+                    return self._model_head(features)
+                except RuntimeError as error:
+                    raise ValueError(
+                        f"the model's head cannot take the output of stage {self.stage!r} "
+                        f"(shape {tuple(features.shape)}): use head='linear' ({error})"
+                    ) from None
+        if self.linear is None:
+            self._build_linear(features, token_targets=y.dim() == 2)
+        if not train_head:
+            with torch.no_grad():
+                return self.linear(features)
+        return self._train_linear(features, y)
+
+    def _reuse_fits(self, features: Tensor) -> bool:
+        try:
+            with torch.no_grad():
+                self._model_head(features[:1])
+        except RuntimeError:
+            return False
+        return True
+
+    def _train_linear(self, features: Tensor, y: Tensor) -> Tensor:
+        # The logits returned are those before this step's update.
+        with torch.enable_grad():
+            logits = self.linear(features.detach())
+            self.optimizer.zero_grad(set_to_none=True)
+            batch_loss(logits, y).backward()
+            self.optimizer.step()
+        return logits.detach()
+
+    def _build_linear(self, features: Tensor, *, token_targets: bool) -> None:
+        # Token targets (B, T): features are (B, T, d), one prediction per position.
+        # Otherwise features are channels first, (B, C, *spatial): pool, then flatten.
+        if token_targets or features.dim() == 2:
+            layers: list[nn.Module] = [nn.Linear(features.shape[-1], self.num_classes)]
+        else:
+            spatial = features.dim() - 2
+            pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial - 1]
+            width = features.shape[1] * _POOLED_SIZE**spatial
+            layers = [pool(_POOLED_SIZE), nn.Flatten(), nn.Linear(width, self.num_classes)]
+        self.linear = nn.Sequential(*layers).to(features.device, features.dtype)
+        # Zero init: no randomness to own, and a fresh head ranks all samples alike
+        # (uniform prediction) until its first step.
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.optimizer = torch.optim.Adam(self.linear.parameters(), lr=self.lr)
+        if self._pending_state is not None:
+            self._load_linear(self._pending_state)
+            self._pending_state = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"kind": self.kind}
+        if self.linear is not None:
+            state["linear"] = self.linear.state_dict()
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kind = state["kind"]
+        if "linear" in state:
+            if self.linear is None:  # built on the first pass, from the features' shape
+                self._pending_state = state
+            else:
+                self._load_linear(state)
+
+    def _load_linear(self, state: dict[str, Any]) -> None:
+        self.linear.load_state_dict(state["linear"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@contextmanager
+def scoring_mode(model: nn.Module) -> Iterator[None]:
+    """Score as the training pass would see the batch, without side effects.
+
+    The model stays in training mode (batch norm normalises with the batch's own
+    statistics), but batch-norm running statistics are not updated, and the
+    global RNGs are restored afterwards (dropout draws leave no trace), so a
+    scoring pass changes nothing a later training step reads.
+    """
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        for m in norms:
+            m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+
+
+def _find(model: nn.Module, name: str, what: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        known = ", ".join(n for n, _ in model.named_children())
+        raise ValueError(
+            f"model has no submodule {name!r} for {what}; its top-level stages: {known}"
+        ) from None
