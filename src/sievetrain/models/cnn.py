@@ -26,6 +26,12 @@ class StagedSequential(nn.Sequential):
         """Names of the stages in forward order; the last is ``"head"``."""
         return tuple(name for name, _ in self.named_children())
 
+    @property
+    def exit_stage(self) -> str:
+        """Where an early exit attaches by default: after the first stage (the
+        first layer, as in SIFT's headline setting)."""
+        return self.stage_names[0]
+
 
 def _conv1d(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
     # No conv bias: the batch norm right after it has one.
