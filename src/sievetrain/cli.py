@@ -23,7 +23,7 @@ from sievetrain.train import TrainConfig
 __all__ = ["main"]
 
 DEFAULT_METHODS = "full,srs:0.1,srs:0.3,srs:0.5,fixed:0.3"
-DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10}
+DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10, "shakespeare": 5}
 # Flags that set an optimizer hyperparameter for every run: name -> help.
 SHORTHANDS = {
     "lr": "learning rate (default: the optimizer's)",

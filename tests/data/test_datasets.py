@@ -109,7 +109,7 @@ def test_mnist1d_rejects_bad_sizes(cache, sizes):
 
 
 def test_load_dataset_by_name(cache):
-    assert DATASETS == ("mnist1d", "fashion-mnist")
+    assert DATASETS == ("mnist1d", "fashion-mnist", "shakespeare")
     split = load_dataset("mnist1d", train_size=40, test_size=20)
     assert (len(split.train), len(split.test)) == (40, 20)
     with pytest.raises(ValueError, match="'cifar'.*mnist1d, fashion-mnist"):

@@ -14,7 +14,10 @@ INPUT_SHAPES = {
     "fashion-cnn": (1, 28, 28),
     "resnet8": (1, 28, 28),
     "vgg8": (1, 28, 28),
+    "mlm-transformer": (16,),  # token ids
 }
+# Token models: int64 ids in, per-token logits out, stages embed, layer1, ..., head.
+TOKEN_MODELS = {"mlm-transformer"}
 
 
 def test_registry_covers_every_dataset():
@@ -27,13 +30,18 @@ def test_registry_covers_every_dataset():
 def test_output_shape_and_named_stages(name):
     model = build_model(name, num_classes=7, input_shape=INPUT_SHAPES[name])
     assert isinstance(model, nn.Sequential)
-    assert model.stage_names[0] == "stem" and model.stage_names[-1] == "head"
+    first, middle = ("embed", "layer") if name in TOKEN_MODELS else ("stem", "stage")
+    assert model.stage_names[0] == first and model.stage_names[-1] == "head"
     assert model.stage_names[1:-1] == tuple(
-        f"stage{i}" for i in range(1, len(model.stage_names) - 1)
+        f"{middle}{i}" for i in range(1, len(model.stage_names) - 1)
     )
-    x = torch.randn(5, *INPUT_SHAPES[name])
+    if name in TOKEN_MODELS:
+        x = torch.randint(0, 7, (5, *INPUT_SHAPES[name]))
+        expected = (5, *INPUT_SHAPES[name], 7)  # (B, T, V)
+    else:
+        x, expected = torch.randn(5, *INPUT_SHAPES[name]), (5, 7)
     logits = model(x)
-    assert logits.shape == (5, 7)
+    assert logits.shape == expected
     # Running the named stages one after another is the model.
     h = x
     for stage in model.stage_names:

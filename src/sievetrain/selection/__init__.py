@@ -16,6 +16,9 @@ Optional parts the trainer uses when present:
   true per-sample losses on held-out batches (Spearman correlation).
 - ``accumulates = True``: kept samples are gathered into full batches before a
   backward pass (the remainder is trained at the end of the epoch).
+
+:mod:`sievetrain.selection.greedy` holds Greedy SGD, the convex theory behind
+SIFT, as a pure function on multinomial logistic regression.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from sievetrain.selection.early_exit import EXIT_HEADS, EarlyExit, scoring_mode
+from sievetrain.selection.greedy import greedy_sgd
 from sievetrain.selection.selective_backprop import SelectiveBackprop, keep_probabilities
 from sievetrain.selection.sift import SCORES, SIFT, RandomKeep, keep_count, select_top_k
 
@@ -39,6 +43,7 @@ __all__ = [
     "SelectiveBackprop",
     "Selector",
     "keep_count",
+    "greedy_sgd",
     "keep_probabilities",
     "scoring_mode",
     "select_top_k",

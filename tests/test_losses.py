@@ -1,0 +1,56 @@
+"""Losses and per-sample scores for class and token targets."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sievetrain.losses import (
+    IGNORE_INDEX,
+    batch_loss,
+    flatten_targets,
+    sample_entropies,
+    sample_losses,
+)
+from sievetrain.train.metrics import spearman
+
+
+def test_class_targets_match_cross_entropy():
+    logits, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 4
+    assert torch.equal(sample_losses(logits, y), F.cross_entropy(logits, y, reduction="none"))
+    assert torch.equal(batch_loss(logits, y), F.cross_entropy(logits, y))
+
+
+def test_token_targets_average_over_the_predicted_positions_only():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 7, generator=g)  # (B, T, V)
+    y = torch.full((3, 5), IGNORE_INDEX)
+    y[0, 1], y[0, 3], y[2, 4] = 2, 6, 0  # sample 1 has no predicted position
+    losses = sample_losses(logits, y)
+    by_hand0 = (
+        F.cross_entropy(logits[0, 1:2], y[0, 1:2]) + F.cross_entropy(logits[0, 3:4], y[0, 3:4])
+    ) / 2
+    assert torch.allclose(losses[0], by_hand0)
+    assert losses[1] == 0
+    assert torch.allclose(losses[2], F.cross_entropy(logits[2, 4:5], y[2, 4:5]))
+    # The batch loss averages over the 3 masked tokens, as BERT does.
+    rows, targets, sample = flatten_targets(logits, y)
+    assert rows.shape == (3, 7) and sample.tolist() == [0, 0, 2]
+    assert torch.allclose(batch_loss(logits, y), F.cross_entropy(rows, targets))
+    entropies = sample_entropies(logits, y)
+    assert entropies.shape == (3,) and entropies[1] == 0 and 0 < entropies[0] < 1
+
+
+def test_mismatched_shapes_name_both():
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\).*\(2, 5\)"):
+        sample_losses(torch.zeros(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))
+
+
+def test_spearman_worked_values():
+    a = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert spearman(a, a * 10 + 1) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # ranks (0, 2, 1, 3) against (0, 1, 2, 3): rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert spearman(a, torch.arange(4.0)) == pytest.approx(0.8)
+    assert math.isnan(spearman(a, torch.ones(4)))
