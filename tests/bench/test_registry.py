@@ -59,7 +59,11 @@ def test_every_registered_method_builds(name, mnist1d):
         method.level
     ]
     built = component.build(
-        n=len(mnist1d.train), seed=0, batch_size=64, params=[torch.nn.Parameter(torch.zeros(3))]
+        n=len(mnist1d.train),
+        seed=0,
+        batch_size=64,
+        num_classes=10,
+        params=[torch.nn.Parameter(torch.zeros(3))],
     )
     assert hasattr(built, "state_dict") and hasattr(built, "load_state_dict")
 
