@@ -20,6 +20,12 @@ def test_options_and_composition():
     assert run.optimizer.method.name == "adam"
     assert run.optimizer.options["lr"] == 0.003
     assert run.label == "srs:0.2/interval=10/replacement=true+adam/lr=0.003"
+    # One method per level: an epoch-level subset, SIFT within each batch, Adam.
+    run = parse_run("srs:0.3+sift:0.25/stage=stage1/warmup=100+adam")
+    assert (run.sampler.value, run.selector.value, run.optimizer.method.name) == (0.3, 0.25, "adam")
+    assert run.selector.options["stage"] == "stage1" and run.selector.options["warmup"] == 100
+    selector = run.selector.build(seed=0, num_classes=10)
+    assert (selector.ratio, selector.stage, selector.warmup_steps) == (0.25, "stage1", 100)
 
 
 def test_set_overrides_apply_to_every_component_that_has_the_option():
@@ -80,6 +86,9 @@ def test_every_registered_method_builds(name, mnist1d):
         (["full"], [0], {"epochs": "0"}, "epochs=0"),
         (["full"], [0], {"warp": "9"}, "'warp'"),
         (["full", "full"], [0], {}, "twice"),
+        (["sift:0.5/stage=nope"], [0], {}, "'nope'"),
+        (["sift:0.5/stage=stem/head=reuse"], [0], {}, "use head='linear'"),
+        (["selective-backprop:0"], [0], {}, "beta=0.0"),
     ],
 )
 def test_prepare_rejects_bad_input_before_training(mnist1d, methods, seeds, sets, fragment):

@@ -87,14 +87,16 @@ def prepare(
             )
     if len({r.label for r in runs}) != len(runs):
         raise ValueError(f"a method is listed twice in {list(methods)}")
+    model = model or DEFAULT_MODEL[data.name]
+    with torch.random.fork_rng(devices=[]):
+        net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
     probe = [torch.nn.Parameter(torch.zeros(1))]
+    x, y = data.train[:2]  # two samples: batch norm in training mode needs more than one
     for run in runs:  # building once validates ratios, subset sizes and optimizer options
         run.sampler.build(n=len(data.train), seed=0, batch_size=config.batch_size)
         run.optimizer.build(params=probe, seed=0)
-        if run.selector is not None:
-            run.selector.build(seed=0, num_classes=data.num_classes)
-    model = model or DEFAULT_MODEL[data.name]
-    build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
+        if run.selector is not None:  # one selection on a throwaway model checks exits
+            run.selector.build(seed=0, num_classes=data.num_classes).select(net, x, y)
     return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
 
 
