@@ -60,8 +60,8 @@ class MLMTransformer(StagedSequential):
     positions are attended to like any token; they are never targets.
 
     Defaults d=64, 4 heads, 4 layers: 0.22 M parameters, sized for a CPU (a
-    training step on 64 x 128 tokens takes about 0.9 s on one core; d=128 takes
-    about 3x that). Pass a larger ``d_model`` for a GPU.
+    training step on 64 x 128 tokens takes about 0.5 s on two cores, see
+    ``benchmarks/sift_scoring.md``). Pass a larger ``d_model`` for a GPU.
 
     Args:
         num_classes: Vocabulary size ``V``: both the token ids taken and the logits

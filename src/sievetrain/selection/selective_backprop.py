@@ -59,8 +59,8 @@ class SelectiveBackprop:
         if full_epochs < 0:
             raise ValueError(f"invalid full_epochs={full_epochs!r}: must be >= 0")
         self.beta, self.min_prob, self.full_epochs = beta, min_prob, full_epochs
-        self.history = torch.empty(0)  # the most recent losses, oldest first (at most `size`)
-        self.size = history
+        self.history = history
+        self.recent_losses = torch.empty(0)  # the last `history` losses, oldest first
         self.epoch = 0
         self.samples_scored = 0
         self.generator = make_generator(seed, "selective-backprop")
@@ -78,8 +78,10 @@ class SelectiveBackprop:
             return None
         losses = self.score(model, x, y).float().cpu()
         self.samples_scored += len(y)
-        self.history = torch.cat([self.history, losses])[-self.size :]
-        probs = keep_probabilities(losses, self.history, beta=self.beta, min_prob=self.min_prob)
+        self.recent_losses = torch.cat([self.recent_losses, losses])[-self.history :]
+        probs = keep_probabilities(
+            losses, self.recent_losses, beta=self.beta, min_prob=self.min_prob
+        )
         draws = torch.rand(len(y), generator=self.generator, dtype=torch.float64)
         return (draws < probs).nonzero().squeeze(1).to(y.device)
 
@@ -88,13 +90,13 @@ class SelectiveBackprop:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "history": self.history.clone(),
+            "recent_losses": self.recent_losses.clone(),
             "epoch": self.epoch,
             "samples_scored": self.samples_scored,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = state["history"].clone()
+        self.recent_losses = state["recent_losses"].clone()
         self.epoch, self.samples_scored = state["epoch"], state["samples_scored"]
         self.generator.set_state(state["generator"])

@@ -16,9 +16,7 @@ def spearman(a: Tensor, b: Tensor) -> float:
     or has fewer than 2 entries."""
     if a.shape != b.shape or a.dim() != 1:
         raise ValueError(f"expected two 1-D tensors of one length, got {a.shape} and {b.shape}")
-    if len(a) < 2:
+    if len(a) < 2 or bool((a == a[0]).all()) or bool((b == b[0]).all()):
         return float("nan")
     ra, rb = (x.double().argsort().argsort().double() for x in (a, b))
-    if bool((a == a[0]).all()) or bool((b == b[0]).all()):
-        return float("nan")
     return torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()

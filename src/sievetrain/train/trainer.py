@@ -152,8 +152,13 @@ class Trainer:
         acct = self.acct
         size = self.config.batch_size
         pending = _Pending() if getattr(self.selector, "accumulates", False) else None
-        for x, y, idx in _timed(iter(self.train_loader), acct, "data"):
+        batches = iter(self.train_loader)
+        while True:
             with acct.phase("data"):
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y, idx = batch
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
             with acct.phase("selection"):
@@ -333,16 +338,6 @@ def time_to_target(history: list[dict[str, Any]], target: float | None) -> float
         if record["test_accuracy"] >= target:
             return record["train_time_s"]
     return None
-
-
-def _timed(items: Iterator, acct: Accounting, phase: str) -> Iterator:
-    """``items``, with the time spent producing each one charged to ``phase``."""
-    while True:
-        with acct.phase(phase):
-            item = next(items, None)
-        if item is None:
-            return
-        yield item
 
 
 class _Pending:
