@@ -54,3 +54,18 @@ def test_spearman_worked_values():
     # ranks (0, 2, 1, 3) against (0, 1, 2, 3): rho = 1 - 6 * 2 / (4 * 15) = 0.8
     assert spearman(a, torch.arange(4.0)) == pytest.approx(0.8)
     assert math.isnan(spearman(a, torch.ones(4)))
+
+
+def test_weighted_batch_loss_is_the_weighted_mean_over_predicted_targets():
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(4, 3, generator=g), torch.tensor([0, 2, 1, 1])
+    w = torch.tensor([1.0, 3.0, 0.0, 2.0])
+    per = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(batch_loss(logits, y, w), (per * w).sum() / w.sum())
+    torch.testing.assert_close(batch_loss(logits, y, torch.full((4,), 2.5)), batch_loss(logits, y))
+    # Tokens: each predicted position takes its sample's weight.
+    tokens = torch.randn(2, 3, 5, generator=g)
+    t = torch.tensor([[1, IGNORE_INDEX, 4], [IGNORE_INDEX, IGNORE_INDEX, 0]])
+    rows = F.cross_entropy(tokens[t != IGNORE_INDEX], t[t != IGNORE_INDEX], reduction="none")
+    expected = (rows * torch.tensor([1.0, 1.0, 4.0])).sum() / 6.0
+    torch.testing.assert_close(batch_loss(tokens, t, torch.tensor([1.0, 4.0])), expected)

@@ -231,9 +231,10 @@ class _Log:
 
     def epoch(self, h: dict[str, Any]) -> None:
         if not self.quiet:
+            loss = "skipped" if h["train_loss"] is None else f"{h['train_loss']:.4f}"
             print(
                 f"epoch {h['epoch']}: test accuracy {100 * h['test_accuracy']:.2f}%, "
-                f"entropy {h['test_entropy']:.3f}, train loss {h['train_loss']:.4f}, "
+                f"entropy {h['test_entropy']:.3f}, train loss {loss}, "
                 f"train {h['train_time_s']:.1f} s, coverage {100 * h['coverage']:.1f}%",
                 file=sys.stderr,
             )

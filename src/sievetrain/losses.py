@@ -47,8 +47,17 @@ def flatten_targets(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return logits[sample, position], y[sample, position], sample
 
 
-def batch_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy over the batch's predicted targets (a scalar)."""
+def batch_loss(logits: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the batch's predicted targets (a scalar).
+
+    With ``weight`` (B,), one non-negative weight per sample (not all zero), the mean
+    is weighted: ``sum w l / sum w`` over the predicted targets, each target taking its
+    sample's weight (as a coreset's weights enter the loss).
+    """
+    if weight is not None:
+        rows, targets, sample = flatten_targets(logits, y)
+        w = weight.to(rows.dtype)[sample]  # (N,)
+        return (F.cross_entropy(rows, targets, reduction="none") * w).sum() / w.sum()
     if logits.dim() == 3:  # cross_entropy wants the classes in dimension 1
         return F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX)
     return F.cross_entropy(logits, y)

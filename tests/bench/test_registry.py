@@ -68,6 +68,7 @@ def test_every_registered_method_builds(name, mnist1d):
         n=len(mnist1d.train),
         seed=0,
         batch_size=64,
+        epochs=3,
         num_classes=10,
         params=[torch.nn.Parameter(torch.zeros(3))],
     )
@@ -89,6 +90,9 @@ def test_every_registered_method_builds(name, mnist1d):
         (["sift:0.5/stage=nope"], [0], {}, "'nope'"),
         (["sift:0.5/stage=stem/head=reuse"], [0], {}, "use head='linear'"),
         (["selective-backprop:0"], [0], {}, "beta=0.0"),
+        (["gradmatch:0.3/kappa=1"], [0], {}, "kappa must be in"),
+        (["gradmatch:0.3/lam=-1"], [0], {}, "lam=-1.0"),
+        (["gradmatch:0.3/interval=-2"], [0], {}, "interval must be >= 0, got -2"),
     ],
 )
 def test_prepare_rejects_bad_input_before_training(mnist1d, methods, seeds, sets, fragment):

@@ -7,7 +7,7 @@ from typing import Any
 
 from sievetrain.bench.registry import Method, register
 from sievetrain.optim import OPTIMIZER_DEFAULTS, build_optimizer
-from sievetrain.sampling import SoftRandomSampler
+from sievetrain.sampling import GradMatchSampler, SoftRandomSampler
 from sievetrain.selection import SIFT, RandomKeep, SelectiveBackprop
 
 __all__: list[str] = []
@@ -74,6 +74,30 @@ register(
         knob="ratio",
         default=0.3,
         options={k: v for k, v in SRS_OPTIONS.items() if k in ("granularity", "replacement")},
+    )
+)
+register(
+    Method(
+        "gradmatch",
+        "sampler",
+        "GRAD-MATCH per-batch: the weighted batches whose last-layer gradient matches the "
+        "full data's, re-selected every `interval` epochs, after a warm start",
+        lambda ratio, opts, ctx: GradMatchSampler(
+            ctx["n"],
+            0.3 if ratio is None else ratio,
+            batch_size=ctx["batch_size"],
+            epochs=ctx["epochs"],
+            seed=ctx["seed"],
+            **opts,
+        ),
+        knob="ratio",
+        default=0.3,
+        options={
+            "interval": 1,  # epochs between selections (R); 0 = select once
+            "kappa": 0.5,  # warm-start fraction κ (0 = none): full, then skipped epochs
+            "lam": 0.0,  # OMP ridge regularisation λ
+            "eps": 1e-6,  # OMP relative residual tolerance ε
+        },
     )
 )
 register(

@@ -40,7 +40,7 @@ class Method:
     """A registered method.
 
     ``build`` receives ``(value, options, context)`` where ``context`` carries what
-    the level needs: for samplers ``n``, ``seed``, ``batch_size``; for selectors
+    the level needs: for samplers ``n``, ``seed``, ``batch_size``, ``epochs``; for selectors
     ``seed`` and ``num_classes``; for optimizers ``params`` and ``seed``.
     """
 

@@ -93,7 +93,9 @@ def prepare(
     probe = [torch.nn.Parameter(torch.zeros(1))]
     x, y = data.train[:2]  # two samples: batch norm in training mode needs more than one
     for run in runs:  # building once validates ratios, subset sizes and optimizer options
-        run.sampler.build(n=len(data.train), seed=0, batch_size=config.batch_size)
+        run.sampler.build(
+            n=len(data.train), seed=0, batch_size=config.batch_size, epochs=config.epochs
+        )
         run.optimizer.build(params=probe, seed=0)
         if run.selector is not None:  # one selection on a throwaway model checks exits
             run.selector.build(seed=0, num_classes=data.num_classes).select(net, x, y)
@@ -139,7 +141,9 @@ def run_one(
         data.train,
         data.test,
         config=config,
-        sampler=run.sampler.build(n=len(data.train), seed=seed, batch_size=config.batch_size),
+        sampler=run.sampler.build(
+            n=len(data.train), seed=seed, batch_size=config.batch_size, epochs=config.epochs
+        ),
         selector=(
             run.selector.build(seed=seed, num_classes=data.num_classes)
             if run.selector is not None

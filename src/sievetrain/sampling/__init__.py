@@ -1,9 +1,18 @@
-"""Epoch-level sampling: which samples an epoch trains on (Soft Random Sampling) and coverage."""
+"""Epoch-level sampling: which samples an epoch trains on (Soft Random Sampling, the
+GRAD-MATCH coreset) and coverage."""
 
 from sievetrain.sampling.coverage import (
     CoverageTracker,
     expected_coverage,
     expected_epochs_to_full_coverage,
+)
+from sievetrain.sampling.gradmatch import (
+    GradMatchSampler,
+    batch_gradients,
+    gradmatch_select,
+    last_layer_gradient,
+    nonnegative_omp,
+    warm_start_schedule,
 )
 from sievetrain.sampling.srs import (
     SoftRandomSampler,
@@ -15,6 +24,12 @@ from sievetrain.sampling.srs import (
 
 __all__ = [
     "CoverageTracker",
+    "GradMatchSampler",
+    "batch_gradients",
+    "gradmatch_select",
+    "last_layer_gradient",
+    "nonnegative_omp",
+    "warm_start_schedule",
     "SoftRandomSampler",
     "batch_partition",
     "expected_coverage",

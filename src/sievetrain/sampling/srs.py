@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import numbers
-import operator
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 import torch
-from torch.utils.data import Sampler
 
 from sievetrain._rng import make_generator
+from sievetrain.sampling._epochs import EpochSampler, as_int, check_same_config
 
 __all__ = [
     "SoftRandomSampler",
@@ -20,17 +18,6 @@ __all__ = [
     "soft_random_indices",
     "subset_size",
 ]
-
-
-def _as_int(name: str, value: object, minimum: int | None = None, limit: int | None = None) -> int:
-    """``value`` as an int in ``[minimum, limit)``, else ValueError naming it (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints pass
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    number = int(value)
-    if (minimum is not None and number < minimum) or (limit is not None and number >= limit):
-        bounds = f">= {minimum}" if limit is None else f"in [{minimum}, {limit})"
-        raise ValueError(f"{name} must be {bounds}, got {value!r}")
-    return number
 
 
 def _round_ratio(count: int, ratio: float, unit: str) -> int:
@@ -90,16 +77,16 @@ class _Plan:
     def __post_init__(self) -> None:
         subset_size(self.n, self.ratio)  # checks n and ratio
         for name, minimum in (("interval", 0), ("warm_start_epochs", 0), ("num_replicas", 1)):
-            _as_int(name, getattr(self, name), minimum)
-        _as_int("seed", self.seed)
-        _as_int("rank", self.rank, 0, self.num_replicas)
+            as_int(name, getattr(self, name), minimum)
+        as_int("seed", self.seed)
+        as_int("rank", self.rank, 0, self.num_replicas)
         if not isinstance(self.within_epoch_replacement, bool):
             bad = self.within_epoch_replacement
             raise ValueError(f"within_epoch_replacement must be a bool, got {bad!r}")
         if self.granularity not in ("sample", "batch"):
             raise ValueError(f"granularity must be 'sample' or 'batch', got {self.granularity!r}")
         if self.granularity == "batch":
-            _as_int("batch_size (needed for granularity='batch')", self.batch_size, 1)
+            as_int("batch_size (needed for granularity='batch')", self.batch_size, 1)
         least = subset_size(self.n, self.ratio)  # fewest samples an epoch can have
         if self.granularity == "batch":  # the short last batch chosen once (or k times, i.i.d.)
             k, last = self.units_per_round, self.n - (self.units - 1) * self.batch_size
@@ -194,11 +181,11 @@ def soft_random_indices(
         ValueError: any bad argument; the message names the bad value.
     """
     options = dict(locals())  # exactly the arguments above, by name
-    epoch = _as_int("epoch", options.pop("epoch"), 0)
+    epoch = as_int("epoch", options.pop("epoch"), 0)
     return _epoch_indices(_Plan(**options), epoch)
 
 
-class SoftRandomSampler(Sampler[int]):
+class SoftRandomSampler(EpochSampler):
     """A ``torch.utils.data.Sampler`` yielding ``soft_random_indices`` for the current epoch.
 
     Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. The sampler
@@ -228,9 +215,6 @@ class SoftRandomSampler(Sampler[int]):
         scope = locals()  # read before any other local exists: exactly the arguments above
         super().__init__()
         self._plan = _Plan(**{name: scope[name] for name in _FIELDS})
-        self.epoch, self._start, self._resume = 0, 0, False  # _start: resume point if _resume
-        self._iterator: Iterator[int] | None = None  # this epoch's, to count what it yielded
-        self._cache: tuple[int, torch.Tensor] | None = None
 
     def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
         if name in _FIELDS and "_plan" in self.__dict__:
@@ -242,41 +226,8 @@ class SoftRandomSampler(Sampler[int]):
         """Units drawn per round: batches (batch mode) or samples, a multiple of num_replicas."""
         return self._plan.units_per_round
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select ``epoch`` and reset the in-epoch position to 0.
-
-        Setting the epoch just loaded by ``load_state_dict`` keeps its pending resume, so the
-        usual ``set_epoch(epoch)`` at the top of a resumed training loop is safe.
-        """
-        epoch = _as_int("epoch", epoch, 0)
-        if not (self._resume and epoch == self.epoch):
-            self.epoch, self._start, self._resume, self._iterator = epoch, 0, False, None
-
-    @property
-    def position(self) -> int:
-        """Indices yielded so far this epoch (after ``load_state_dict``: the resume point)."""
-        if self._iterator is None:
-            return self._start
-        return len(self) - operator.length_hint(self._iterator)  # exact for list iterators
-
-    def epoch_indices(self) -> torch.Tensor:
-        """All of this rank's indices for the current epoch, in order (ignores the position)."""
-        return self._indices().clone()
-
-    def _indices(self) -> torch.Tensor:
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, _epoch_indices(self._plan, self.epoch))
-        return self._cache[1]
-
-    def __len__(self) -> int:
-        """Indices this rank yields in the current epoch (the full count, even mid-epoch)."""
-        return self._indices().numel()
-
-    def __iter__(self) -> Iterator[int]:
-        start, self._resume = (self._start if self._resume else 0), False
-        # A plain list iterator of Python ints: C-speed iteration, and it knows what is left.
-        self._iterator = iter(self._indices().tolist()[start:])
-        return self._iterator
+    def _compute_indices(self, epoch: int) -> torch.Tensor:
+        return _epoch_indices(self._plan, epoch)
 
     def state_dict(self) -> dict:
         """Config, epoch and position (indices already yielded this epoch)."""
@@ -288,12 +239,5 @@ class SoftRandomSampler(Sampler[int]):
         Raises:
             ValueError: the saved config differs from this sampler's, or the position is invalid.
         """
-        mine, saved = asdict(self._plan), state["config"]
-        for key in sorted(mine.keys() | saved.keys()):
-            if (ours := mine.get(key)) != (theirs := saved.get(key)):
-                raise ValueError(f"state has {key}={theirs!r}, this sampler has {ours!r}")
-        self.epoch, self._cache = _as_int("epoch", state["epoch"], 0), None
-        position = _as_int("position", state["position"], 0)
-        if position > len(self):
-            raise ValueError(f"position {position} is past the epoch's end ({len(self)} indices)")
-        self._start, self._resume, self._iterator = position, True, None
+        check_same_config(asdict(self._plan), state["config"])
+        self.load_position(state["epoch"], state["position"])

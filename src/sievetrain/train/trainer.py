@@ -117,13 +117,18 @@ class Trainer:
                 on_epoch_end(self)
         return self.summary()
 
-    def train_epoch(self, epoch: int) -> float:
-        """One pass over the sampler's indices for ``epoch``; returns the mean loss."""
+    def train_epoch(self, epoch: int) -> float | None:
+        """One pass over the sampler's indices for ``epoch``; returns the mean loss
+        (None when the epoch trained on nothing, e.g. a coreset's skipped warm-start
+        epoch)."""
         acct, cfg = self.acct, self.config
         start = time.perf_counter()
         with acct.phase("sampling"):  # len() draws (and caches) the epoch's indices
             self.sampler.set_epoch(epoch)
             n_batches = len(self.train_loader)
+        if hasattr(self.sampler, "refresh"):  # a coreset chooses its subset from the model
+            with acct.phase("selection"):
+                self.sampler.refresh(self.model, self.train_set)
         if hasattr(self.selector, "set_epoch"):
             self.selector.set_epoch(epoch)
         if cfg.schedule_unit == "epoch":
@@ -135,13 +140,13 @@ class Trainer:
             torch.manual_seed(derive_seed(self.seed, "torch", epoch))
             self.model.train()
             for x, y, idx in self._selected_batches(bar):
-                loss = self._step(x, y)
+                loss = self._step(x, y, idx)
                 with acct.phase("sampling"):  # coverage bookkeeping
                     self.coverage.update(idx)
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
         acct.train_time_s += time.perf_counter() - start
-        return loss_sum.item() / max(seen, 1)
+        return loss_sum.item() / seen if seen else None  # None: an epoch with no training
 
     def _selected_batches(
         self, bar: _ProgressBar
@@ -179,12 +184,13 @@ class Trainer:
         if pending is not None and len(pending):
             yield pending.take(len(pending))
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         acct = self.acct
         if self.config.schedule_unit == "step":
             self._set_lr(acct.optimizer_steps / max(self._total_steps, 1))
         with acct.phase("forward"):
-            loss = batch_loss(self.model(x), y)
+            weight = self._sample_weights(idx)
+            loss = batch_loss(self.model(x), y, weight)
         with acct.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,6 +200,12 @@ class Trainer:
         acct.samples_backpropagated += len(y)
         acct.optimizer_steps += 1
         return loss
+
+    def _sample_weights(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The sampler's loss weights for these dataset indices (a coreset's), or None."""
+        weights = getattr(self.sampler, "sample_weights", None)
+        w = weights(idx) if weights is not None else None
+        return None if w is None else w.to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -267,6 +279,7 @@ class Trainer:
             "time_to_target_s": time_to_target(self.history, self.config.target_accuracy),
             "final_exit_spearman": last.get("exit_spearman"),
             "selector": selected,
+            "sampler": self.sampler.stats() if hasattr(self.sampler, "stats") else {},
             "history": list(self.history),
         }
 

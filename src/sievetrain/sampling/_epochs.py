@@ -1,0 +1,98 @@
+"""What every epoch-level sampler here shares: an epoch, and a position inside it
+that a checkpoint can save and a resumed run skips to."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["EpochSampler", "as_int", "check_same_config"]
+
+
+def as_int(name: str, value: object, minimum: int | None = None, limit: int | None = None) -> int:
+    """``value`` as an int in ``[minimum, limit)``, else ValueError naming it (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints pass
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (limit is not None and number >= limit):
+        bounds = f">= {minimum}" if limit is None else f"in [{minimum}, {limit})"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return number
+
+
+def check_same_config(mine: dict, saved: dict) -> None:
+    """Raise ValueError naming the first key where a saved config differs from ours."""
+    for key in sorted(mine.keys() | saved.keys()):
+        if (ours := mine.get(key)) != (theirs := saved.get(key)):
+            raise ValueError(f"state has {key}={theirs!r}, this sampler has {ours!r}")
+
+
+class EpochSampler(Sampler[int]):
+    """A ``Sampler`` whose indices are a function of the epoch (``_compute_indices``).
+
+    Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. The
+    sampler counts the indices its iterator has yielded this epoch (``position``), so
+    a checkpoint can resume mid-epoch: ``load_position`` makes the next ``__iter__``
+    skip what was yielded. Subclasses call ``forget_indices()`` when what
+    ``_compute_indices`` returns changes for the current epoch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch, self._start, self._resume = 0, 0, False  # _start: resume point if _resume
+        self._iterator: Iterator[int] | None = None  # this epoch's, to count what it yielded
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def _compute_indices(self, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select ``epoch`` and reset the in-epoch position to 0.
+
+        Setting the epoch just loaded by ``load_state_dict`` keeps its pending resume, so the
+        usual ``set_epoch(epoch)`` at the top of a resumed training loop is safe.
+        """
+        epoch = as_int("epoch", epoch, 0)
+        if not (self._resume and epoch == self.epoch):
+            self.epoch, self._start, self._resume, self._iterator = epoch, 0, False, None
+
+    @property
+    def position(self) -> int:
+        """Indices yielded so far this epoch (after ``load_state_dict``: the resume point)."""
+        if self._iterator is None:
+            return self._start
+        return len(self) - operator.length_hint(self._iterator)  # exact for list iterators
+
+    def epoch_indices(self) -> torch.Tensor:
+        """All of this rank's indices for the current epoch, in order (ignores the position)."""
+        return self._indices().clone()
+
+    def forget_indices(self) -> None:
+        self._cache = None
+
+    def _indices(self) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._compute_indices(self.epoch))
+        return self._cache[1]
+
+    def __len__(self) -> int:
+        """Indices this rank yields in the current epoch (the full count, even mid-epoch)."""
+        return self._indices().numel()
+
+    def __iter__(self) -> Iterator[int]:
+        start, self._resume = (self._start if self._resume else 0), False
+        # A plain list iterator of Python ints: C-speed iteration, and it knows what is left.
+        self._iterator = iter(self._indices().tolist()[start:])
+        return self._iterator
+
+    def load_position(self, epoch: object, position: object) -> None:
+        """Make the next ``__iter__`` (once) resume ``epoch`` at ``position``."""
+        self.epoch, self._cache = as_int("epoch", epoch, 0), None
+        position = as_int("position", position, 0)
+        if position > len(self):
+            raise ValueError(f"position {position} is past the epoch's end ({len(self)} indices)")
+        self._start, self._resume, self._iterator = position, True, None
