@@ -47,7 +47,7 @@ def test_bench_end_to_end(tmp_path):
         "bench",
         *SMALL,
         "--methods",
-        "full,srs:0.5/interval=2,fixed:0.5",
+        "full,srs:0.5/interval=2,fixed:0.5,gradmatch:0.5/kappa=0",
         "--seeds",
         "0,1",
         "--epochs",
@@ -61,9 +61,11 @@ def test_bench_end_to_end(tmp_path):
         ("full", 0),
         ("srs:0.5/interval=2", 0),
         ("fixed:0.5", 0),
+        ("gradmatch:0.5/kappa=0", 0),
         ("full", 1),
         ("srs:0.5/interval=2", 1),
         ("fixed:0.5", 1),
+        ("gradmatch:0.5/kappa=0", 1),
     ]  # interleaved: every method of a seed before the next seed
     for r in rows:
         assert REQUIRED <= set(r)
@@ -75,6 +77,10 @@ def test_bench_end_to_end(tmp_path):
     assert full["samples_backpropagated"] == 2 * 600
     assert srs["samples_backpropagated"] == 2 * 300
     assert "| full |" in proc.stdout and "| fixed:0.5 |" in proc.stdout
+    gradmatch = rows[3]  # 600 // 128 = 4 full batches, 2 chosen, selected each epoch
+    assert gradmatch["samples_backpropagated"] == 2 * 2 * 128
+    assert [s["epoch"] for s in gradmatch["sampler"]["per_selection"]] == [0, 1]
+    assert "seconds per selection" in proc.stdout
     report = (out / "report.md").read_text()
     assert "speed-up" in report and "srs:0.5/interval=2" in report
     assert (out / "accuracy_vs_time.png").read_bytes()[:4] == b"\x89PNG"
@@ -138,6 +144,7 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--methods", "stochgradadam/mask=rows"], "'rows'"),
         (["--optimizer", "lion"], "'lion'"),
         (["--methods", "adam", "--sampling-rate", "0.5"], "'sampling_rate'"),
+        (["--methods", "gradmatch:0.3/kappa=1"], "kappa must be in [0, 1), got 1.0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, args, fragment):

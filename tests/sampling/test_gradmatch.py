@@ -346,3 +346,19 @@ def test_a_resumed_run_keeps_its_subset_and_its_schedule(mnist1d, tmp_path):
         == clean["samples_backpropagated"]
         == 2 * 64 * round(0.3 * 31)
     )
+
+
+def test_the_ablation_draws_random_batches_with_weight_one_and_reads_no_model(mnist1d):
+    sampler = GradMatchSampler(len(mnist1d.train), 0.25, batch_size=64, epochs=2, kappa=0.0)
+    ablation = GradMatchSampler(
+        len(mnist1d.train), 0.25, batch_size=64, epochs=2, kappa=0.0, match=False
+    )
+    for s, model in ((sampler, _model()), (ablation, None)):  # None: never read
+        s.set_epoch(0)
+        s.refresh(model, mnist1d.train)
+    assert len(ablation.epoch_indices()) == len(sampler.epoch_indices())
+    assert bool((ablation.sample_weights(ablation.epoch_indices()) == 1).all())
+    assert ablation.selections[0]["omp_batches"] == 0 < sampler.selections[0]["omp_batches"]
+    assert set(ablation.state_dict()["batches"].tolist()) != set(
+        sampler.state_dict()["batches"].tolist()
+    )

@@ -97,6 +97,7 @@ register(
             "kappa": 0.5,  # warm-start fraction κ (0 = none): full, then skipped epochs
             "lam": 0.0,  # OMP ridge regularisation λ
             "eps": 1e-6,  # OMP relative residual tolerance ε
+            "match": True,  # False: random batches, weight 1 (ablation of the matching)
         },
     )
 )

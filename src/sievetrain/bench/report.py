@@ -38,6 +38,9 @@ COLUMNS = (
 # exit, whole forward passes (with or without gradients), and how well the
 # selector's scores rank the true losses on held-out batches.
 SELECTION_COLUMNS = ("forwarded partially", "forwarded fully", "exit/true Spearman")
+# Shown when a sampler chooses its subset from the model (a coreset): how many
+# selections a run made, and the mean seconds of one (counted in train time too).
+SUBSET_COLUMNS = ("subset selections", "seconds per selection")
 
 
 def baseline_label(records: Sequence[dict[str, Any]]) -> str:
@@ -87,6 +90,8 @@ def summarize(
                 ),
                 "spearman": _mean_or_none(r.get("final_exit_spearman") for r in runs),
                 "selects": any(r["config"]["methods"].get("selector") for r in runs),
+                "subset_selections": _mean(r.get("sampler", {}).get("selections", 0) for r in runs),
+                "seconds_per_selection": _seconds_per_selection(runs),
                 "coverage": 100 * _mean(r["coverage"] for r in runs),
                 "sampler_share": 100
                 * _mean(r["time_breakdown_s"]["sampling"] / r["train_time_s"] for r in runs),
@@ -97,7 +102,8 @@ def summarize(
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     selects = any(r["selects"] for r in rows)
-    columns = COLUMNS + SELECTION_COLUMNS if selects else COLUMNS
+    subsets = any(r["subset_selections"] for r in rows)
+    columns = COLUMNS + SELECTION_COLUMNS * selects + SUBSET_COLUMNS * subsets
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         ttt = "not reached"
@@ -124,6 +130,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['forwarded_fully']:,.0f}",
                 "—" if r["spearman"] is None else f"{r['spearman']:.3f}",
             ]
+        if subsets:
+            per = r["seconds_per_selection"]
+            cells += [f"{r['subset_selections']:g}", "—" if per is None else f"{per:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -259,6 +268,12 @@ def write_report(
     )
     atomic_write_text(out / "report.md", text)
     return table
+
+
+def _seconds_per_selection(runs: Sequence[dict[str, Any]]) -> float | None:
+    """Mean seconds of one subset selection over the runs' selections (None: none)."""
+    seconds = [s["seconds"] for r in runs for s in r.get("sampler", {}).get("per_selection", [])]
+    return statistics.fmean(seconds) if seconds else None
 
 
 def _labels(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -6,14 +6,9 @@ from sievetrain.sampling.coverage import (
     expected_coverage,
     expected_epochs_to_full_coverage,
 )
-from sievetrain.sampling.gradmatch import (
-    GradMatchSampler,
-    batch_gradients,
-    gradmatch_select,
-    last_layer_gradient,
-    nonnegative_omp,
-    warm_start_schedule,
-)
+from sievetrain.sampling.gradmatch import GradMatchSampler, gradmatch_select, warm_start_schedule
+from sievetrain.sampling.last_layer import batch_gradients, last_layer_gradient
+from sievetrain.sampling.omp import nonnegative_omp
 from sievetrain.sampling.srs import (
     SoftRandomSampler,
     batch_partition,

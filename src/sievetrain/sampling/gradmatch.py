@@ -5,9 +5,9 @@ gradient best matches the full data's, by orthogonal matching pursuit with
 non-negative weights; train on those batches' samples with the weights in the loss.
 This is the coreset baseline Soft Random Sampling is measured against.
 
-Functional core: :func:`last_layer_gradient` (closed form), :func:`nonnegative_omp`,
-:func:`warm_start_schedule`, :func:`gradmatch_select`. Stateful wrapper:
-:class:`GradMatchSampler`.
+Functional core: :func:`~sievetrain.sampling.last_layer.batch_gradients` (closed
+form), :func:`~sievetrain.sampling.omp.nonnegative_omp`, :func:`warm_start_schedule`,
+:func:`gradmatch_select`. Stateful wrapper: :class:`GradMatchSampler`.
 """
 
 from __future__ import annotations
@@ -23,118 +23,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sievetrain._rng import make_generator
-from sievetrain.data import make_loader
-from sievetrain.losses import IGNORE_INDEX, flatten_targets
 from sievetrain.sampling._epochs import EpochSampler, as_int, check_same_config
+from sievetrain.sampling.last_layer import batch_gradients
+from sievetrain.sampling.omp import check_omp_options, nonnegative_omp
 from sievetrain.sampling.srs import _round_ratio, batch_partition, selection_round
 from sievetrain.sampling.srs import soft_random_indices as _full_data_indices
-from sievetrain.selection import scoring_mode
 
-__all__ = [
-    "GradMatchSampler",
-    "batch_gradients",
-    "gradmatch_select",
-    "last_layer_gradient",
-    "nonnegative_omp",
-    "warm_start_schedule",
-]
-
-
-def last_layer_gradient(
-    features: Tensor, logits: Tensor, y: Tensor, *, bias: bool = True
-) -> Tensor:
-    """Mean gradient of softmax cross-entropy w.r.t. a final linear layer, in closed form.
-
-    For logits ``o = z W^T + b``: dL/do = softmax(o) - onehot(y) = e, so dL/dW = e^T z
-    and dL/db = e, averaged over the predicted targets. No backward pass.
-
-    Args:
-        features: the layer's input z, (B, h) for targets (B,), or (B, T, h) for token
-            targets (B, T) (positions holding ``IGNORE_INDEX`` are left out).
-        logits: the layer's output, (B, C) or (B, T, C).
-        y: targets.
-        bias: whether the layer has a bias (its gradient is appended).
-
-    Returns:
-        ``(C * h + C,)`` with a bias, ``(C * h,)`` without: ``[dW.flatten(), db]``.
-    """
-    rows, targets, _ = flatten_targets(logits, y)  # (N, C), (N,)
-    if features.dim() == 3:
-        features = features[y != IGNORE_INDEX]  # (N, h), same row order as flatten_targets
-    e = torch.softmax(rows.float(), dim=1)
-    e[torch.arange(len(targets), device=e.device), targets] -= 1.0  # (N, C)
-    n = max(len(targets), 1)
-    grad_w = e.T @ features.float() / n  # (C, h)
-    parts = [grad_w.flatten(), e.sum(dim=0) / n] if bias else [grad_w.flatten()]
-    return torch.cat(parts)
-
-
-def nonnegative_omp(
-    columns: Tensor, target: Tensor, budget: int, *, lam: float = 0.0, eps: float = 1e-6
-) -> tuple[Tensor, Tensor]:
-    """Orthogonal matching pursuit with non-negative weights: ``columns @ w ≈ target``.
-
-    Each step adds the column most positively correlated with the residual, then
-    re-solves ``min ||A_S w - b||² + lam ||w||²`` on the chosen set S; while a weight
-    is negative the most negative column is dropped and the system re-solved. It stops
-    after ``budget`` steps, when the residual falls to ``eps * ||target||``, or when no
-    column correlates positively with the residual. The work is done on the Gram
-    matrix ``A^T A`` (n x n, float64 on the CPU), so a step costs O(n |S|), not O(d n).
-
-    Args:
-        columns: A, (d, n): one candidate per column.
-        target: b, (d,).
-        budget: most steps (and so most columns chosen), >= 1.
-        lam: ridge regularisation λ >= 0.
-        eps: relative residual tolerance ε >= 0.
-
-    Returns:
-        ``(indices (k,), weights (k,))``: chosen columns (int64, in the order chosen)
-        and their weights (float64, >= 0), k <= budget.
-    """
-    if columns.dim() != 2 or target.shape != columns.shape[:1]:
-        raise ValueError(
-            f"columns (d, n) and target (d,) expected, got {columns.shape}, {target.shape}"
-        )
-    budget = as_int("budget", budget, 1)
-    if not lam >= 0 or not eps >= 0:  # NaN fails too
-        raise ValueError(f"lam and eps must be >= 0, got lam={lam!r}, eps={eps!r}")
-    work = torch.promote_types(columns.dtype, torch.float32)
-    a, b = columns.to(work), target.to(work)
-    gram = (a.T @ a).double().cpu()  # (n, n)
-    corr = (a.T @ b).double().cpu()  # (n,) A^T b
-    b_sq = float(b.double().square().sum())
-    support: list[int] = []
-    weights = corr.new_zeros(0)
-    residual_corr, residual_sq = corr, b_sq  # A^T r and ||r||² for r = b - A_S w
-    for _ in range(budget):
-        if residual_sq <= eps**2 * b_sq:
-            break
-        scores = residual_corr.clone()
-        scores[support] = -math.inf
-        best = int(scores.argmax())
-        if not scores[best] > 0:
-            break
-        support, weights = _nonnegative_solve(gram, corr, [*support, best], lam)
-        chosen = torch.tensor(support, dtype=torch.long)
-        residual_corr = corr - gram[:, chosen] @ weights
-        fit = weights @ corr[chosen]
-        residual_sq = b_sq - 2 * float(fit) + float(weights @ gram[chosen][:, chosen] @ weights)
-    return torch.tensor(support, dtype=torch.long), weights
-
-
-def _nonnegative_solve(
-    gram: Tensor, corr: Tensor, support: list[int], lam: float
-) -> tuple[list[int], Tensor]:
-    """Ridge least squares on ``support``, dropping the most negative weight until none is."""
-    while True:
-        chosen = torch.tensor(support, dtype=torch.long)
-        system = gram[chosen][:, chosen] + lam * torch.eye(len(support), dtype=gram.dtype)
-        # lstsq (CPU driver gelsy) tolerates a singular system, e.g. two identical batches.
-        weights = torch.linalg.lstsq(system, corr[chosen].unsqueeze(1)).solution.squeeze(1)
-        if len(support) == 1 or bool((weights >= 0).all()):
-            return support, weights
-        support = [s for i, s in enumerate(support) if i != int(weights.argmin())]
+__all__ = ["GradMatchSampler", "gradmatch_select", "warm_start_schedule"]
 
 
 def warm_start_schedule(epochs: int, kappa: float, ratio: float) -> tuple[int, int]:
@@ -152,44 +47,6 @@ def warm_start_schedule(epochs: int, kappa: float, ratio: float) -> tuple[int, i
     start = math.floor(Fraction(repr(float(kappa))) * epochs)
     exact = Fraction(repr(float(kappa))) * epochs * Fraction(repr(float(ratio)))
     return min(math.floor(exact + Fraction(1, 2)), start), start
-
-
-def batch_gradients(
-    model: nn.Module, dataset: Dataset, batches: list[Tensor], *, layer: nn.Module | None = None
-) -> Tensor:
-    """Each batch's mean last-layer gradient, ``(d, len(batches))``, from forward passes only.
-
-    The model runs as a training step would see each batch (training mode, batch
-    statistics) but without side effects (:func:`~sievetrain.selection.scoring_mode`).
-    ``layer`` is the final ``nn.Linear`` whose output is the model's output (default:
-    the model's last ``nn.Linear``).
-    """
-    layer = layer if layer is not None else _last_linear(model)
-    device = next(model.parameters()).device
-    sizes = {len(b) for b in batches}
-    order = torch.cat(batches).tolist()
-    loader = make_loader(dataset, max(sizes), sampler=order)  # one loader batch per batch
-    captured: list[tuple[Tensor, Tensor]] = []
-    hook = layer.register_forward_hook(lambda m, args, out: captured.append((args[0], out)))
-    columns, was_training = [], model.training
-    model.train()  # batch statistics, as a training step sees the batch
-    try:
-        with torch.no_grad(), scoring_mode(model):
-            for x, y, _ in loader:
-                captured.clear()
-                logits = model(x.to(device))
-                features, out = captured[-1]
-                if out is not logits and not torch.equal(out, logits):
-                    raise ValueError("the layer's output is not the model's output: pass layer=")
-                columns.append(
-                    last_layer_gradient(features, logits, y.to(device), bias=layer.bias is not None)
-                )
-    finally:
-        hook.remove()
-        model.train(was_training)
-    if len(sizes) != 1:
-        raise ValueError(f"batches must have one size, got sizes {sorted(sizes)}")
-    return torch.stack(columns, dim=1)
 
 
 def gradmatch_select(
@@ -224,13 +81,6 @@ def gradmatch_select(
     return batches, weights, len(picked)
 
 
-def _last_linear(model: nn.Module) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer: pass layer=")
-    return linears[-1]
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Validated GRAD-MATCH configuration (the sampler's ``state_dict()["config"]``)."""
@@ -244,21 +94,28 @@ class _Plan:
     kappa: float
     lam: float
     eps: float
+    match: bool
 
     def __post_init__(self) -> None:
         as_int("batch_size", self.batch_size, 1)
         as_int("n", self.n, self.batch_size)  # at least one full batch to choose
-        for name in ("interval", "seed"):
-            as_int(name, getattr(self, name), 0 if name == "interval" else None)
+        as_int("interval", self.interval, 0)
+        as_int("seed", self.seed)
         self.budget  # noqa: B018  (checks the ratio)
         self.warm_start  # noqa: B018  (checks epochs and kappa)
-        if not self.lam >= 0 or not self.eps >= 0:
-            raise ValueError(f"lam and eps must be >= 0, got lam={self.lam!r}, eps={self.eps!r}")
+        check_omp_options(self.lam, self.eps)
+        if not isinstance(self.match, bool):
+            raise ValueError(f"match must be a bool, got {self.match!r}")
 
     @functools.cached_property
     def warm_start(self) -> tuple[int, int]:
         """``(full_epochs, subset_start)``: see :func:`warm_start_schedule`."""
         return warm_start_schedule(self.epochs, self.kappa, self.ratio)
+
+    @functools.cached_property
+    def partition(self) -> tuple[Tensor, ...]:
+        """The run's fixed batches: a ``(seed, "batches")`` permutation cut every batch."""
+        return batch_partition(self.n, self.batch_size, seed=self.seed)
 
     @property
     def batches(self) -> int:
@@ -270,7 +127,7 @@ class _Plan:
         """Batches chosen per selection: ``floor(ratio * batches + 0.5)``."""
         return _round_ratio(self.batches, self.ratio, "full batches")
 
-    def round(self, epoch: int) -> int | None | str:
+    def round(self, epoch: int) -> int | str:
         """The selection round of ``epoch``, ``"full"`` or ``"skip"`` (warm start)."""
         if self.ratio == 1:
             return "full"
@@ -301,6 +158,9 @@ class GradMatchSampler(EpochSampler):
         kappa: Warm-start fraction κ in [0, 1) (see :func:`warm_start_schedule`).
         lam: OMP ridge regularisation λ.
         eps: OMP relative residual tolerance ε.
+        match: False replaces the gradient matching by uniformly random batches
+            with weight 1 (an ablation: the same warm start and schedule, no
+            gradients, no OMP), to tell what the matching itself buys.
 
     A subset epoch yields the chosen batches' samples reshuffled (stream ``(seed,
     "order", epoch)``); a full-data epoch yields exactly what the ``full`` baseline
@@ -320,6 +180,7 @@ class GradMatchSampler(EpochSampler):
         kappa: float = 0.5,
         lam: float = 0.0,
         eps: float = 1e-6,
+        match: bool = True,
     ) -> None:
         scope = locals()
         super().__init__()
@@ -341,15 +202,18 @@ class GradMatchSampler(EpochSampler):
         r = self._plan.round(self.epoch)
         if not isinstance(r, int) or r == self._round:
             return
-        start = time.perf_counter()
-        partition = batch_partition(self._plan.n, self._plan.batch_size, seed=self._plan.seed)
-        columns = batch_gradients(
-            model, dataset, list(partition[: self._plan.batches]), layer=layer
-        )
-        fill = make_generator(self._plan.seed, "gradmatch-fill", r)
-        batches, weights, by_omp = gradmatch_select(
-            columns, self._plan.budget, lam=self._plan.lam, eps=self._plan.eps, generator=fill
-        )
+        start, plan = time.perf_counter(), self._plan
+        fill = make_generator(plan.seed, "gradmatch-fill", r)
+        if plan.match:
+            columns = batch_gradients(
+                model, dataset, list(plan.partition[: plan.batches]), layer=layer
+            )
+            batches, weights, by_omp = gradmatch_select(
+                columns, plan.budget, lam=plan.lam, eps=plan.eps, generator=fill
+            )
+        else:  # the ablation: all of the budget is "fill"
+            batches = torch.randperm(plan.batches, generator=fill)[: plan.budget]
+            weights, by_omp = torch.ones(plan.budget, dtype=torch.float64), 0
         self._set_subset(r, batches, weights)
         seconds = time.perf_counter() - start  # the weights are on the CPU: work is done
         self.selections.append({"epoch": self.epoch, "seconds": seconds, "omp_batches": by_omp})
@@ -380,8 +244,7 @@ class GradMatchSampler(EpochSampler):
             return torch.zeros(0, dtype=torch.long)
         if r != self._round:
             raise RuntimeError(f"epoch {epoch} needs a selection: call refresh(model, dataset)")
-        partition = batch_partition(plan.n, plan.batch_size, seed=plan.seed)
-        chosen = torch.cat([partition[i] for i in self._batches.tolist()])
+        chosen = torch.cat([plan.partition[i] for i in self._batches.tolist()])
         return chosen[
             torch.randperm(len(chosen), generator=make_generator(plan.seed, "order", epoch))
         ]
@@ -389,10 +252,8 @@ class GradMatchSampler(EpochSampler):
     def _set_subset(self, r: int | None, batches: Tensor, weights: Tensor) -> None:
         self._round, self._batches, self._batch_weights = r, batches, weights
         self._weights = torch.zeros(self._plan.n)
-        if r is not None:
-            partition = batch_partition(self._plan.n, self._plan.batch_size, seed=self._plan.seed)
-            for b, w in zip(batches.tolist(), weights.tolist(), strict=True):
-                self._weights[partition[b]] = w
+        for b, w in zip(batches.tolist(), weights.tolist(), strict=True):
+            self._weights[self._plan.partition[b]] = w
         self.forget_indices()
 
     def state_dict(self) -> dict:

@@ -44,7 +44,10 @@ class Trainer:
             the fast index-gather loader, others a standard ``DataLoader``.
         config: epochs, batch size, schedule, device.
         sampler: epoch-level sampler with ``set_epoch``; default full data,
-            reshuffled every epoch (``SoftRandomSampler`` at ratio 1).
+            reshuffled every epoch (``SoftRandomSampler`` at ratio 1). A coreset
+            sampler (``GradMatchSampler``) also has ``refresh(model, dataset)``,
+            run at each epoch's start on the clock (phase ``selection``), and
+            ``sample_weights(idx)``, which weights the loss.
         selector: batch-level selector (see ``sievetrain.selection``); default
             keeps every sample.
         seed: seeds the sampler default and torch's global stream during each
