@@ -7,6 +7,10 @@ Reads ``results.jsonl`` from the bench folder, prints markdown (the table, the
 selection cost, the checks of the expected shape) and writes ``pareto.png`` there.
 With a second folder holding the ``gradmatch:R[/interval=10]/match=false`` runs,
 it also prints the ablation: random batches with GRAD-MATCH's warm start.
+
+Each folder's ``report.md`` is re-rendered from its ``results.jsonl`` with the
+current report code (the bench command it names is kept): the main runs were
+recorded before the report had its subset-selection columns.
 """
 
 from __future__ import annotations
@@ -150,7 +154,18 @@ def pareto(runs: dict, path: Path) -> None:
     fig.savefig(path)
 
 
+def rerender_report(folder: Path) -> None:
+    from sievetrain._io import read_jsonl
+    from sievetrain.bench import write_report
+
+    command = (folder / "report.md").read_text().split("Command: `", 1)[1].split("`", 1)[0]
+    write_report(folder, read_jsonl(folder / "results.jsonl"), command=command)
+
+
 def main(folder: str, ablation_folder: str | None = None) -> None:
+    for path in (folder, ablation_folder):
+        if path is not None:
+            rerender_report(Path(path))
     runs = load(Path(folder))
     seeds = len(runs["full"])
     print(f"Accuracy (%) / training time (s), mean ± std over {seeds} seeds:\n")

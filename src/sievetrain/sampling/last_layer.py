@@ -59,7 +59,7 @@ def batch_gradients(
     if len(sizes) != 1:
         raise ValueError(f"batches must have one size, got sizes {sorted(sizes)}")
     order = torch.cat(batches).tolist()
-    loader = make_loader(dataset, max(sizes), sampler=order)  # one loader batch per batch
+    loader = make_loader(dataset, len(batches[0]), sampler=order)  # one loader batch per batch
     captured: list[tuple[Tensor, Tensor]] = []
     hook = layer.register_forward_hook(lambda m, args, out: captured.append((args[0], out)))
     columns, was_training = [], model.training

@@ -77,6 +77,8 @@ class Trainer:
             sampler if sampler is not None else SoftRandomSampler(len(train_set), 1.0, seed=seed)
         )
         self.selector = selector if selector is not None else KeepAll()
+        # A coreset's per-sample loss weights, looked up once here, not every step.
+        self._weights_of = getattr(self.sampler, "sample_weights", None)
         self.seed = seed
         self.progress = progress
         self.train_loader = make_loader(train_set, config.batch_size, sampler=self.sampler)
@@ -206,8 +208,7 @@ class Trainer:
 
     def _sample_weights(self, idx: torch.Tensor) -> torch.Tensor | None:
         """The sampler's loss weights for these dataset indices (a coreset's), or None."""
-        weights = getattr(self.sampler, "sample_weights", None)
-        w = weights(idx) if weights is not None else None
+        w = self._weights_of(idx) if self._weights_of is not None else None
         return None if w is None else w.to(self.device, non_blocking=True)
 
     @torch.no_grad()
