@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sievetrain._io import atomic_write_text
-from sievetrain._rng import make_generator
 from sievetrain.data import load_dataset
+from sievetrain.files import atomic_write_text
+from sievetrain.rng import make_generator
 from sievetrain.selection.greedy import greedy_sgd
 from sievetrain.train import environment
 

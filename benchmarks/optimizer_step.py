@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sievetrain._io import atomic_write_text
+from sievetrain.files import atomic_write_text
 from sievetrain.models import build_model
 from sievetrain.optim import StochGradAdam, draw_masks
 from sievetrain.train import environment

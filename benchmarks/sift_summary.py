@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from sievetrain._io import read_jsonl
+from sievetrain.files import read_jsonl
 
 
 def target_accuracy(runs: list[dict], fraction: float = 0.8) -> tuple[float, int]:

@@ -155,8 +155,8 @@ def pareto(runs: dict, path: Path) -> None:
 
 
 def rerender_report(folder: Path) -> None:
-    from sievetrain._io import read_jsonl
     from sievetrain.bench import write_report
+    from sievetrain.files import read_jsonl
 
     command = (folder / "report.md").read_text().split("Command: `", 1)[1].split("`", 1)[0]
     write_report(folder, read_jsonl(folder / "results.jsonl"), command=command)

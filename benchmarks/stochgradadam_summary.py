@@ -12,8 +12,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from sievetrain._io import read_jsonl
 from sievetrain.bench.report import summarize
+from sievetrain.files import read_jsonl
 
 
 def table(records: list[dict]) -> str:

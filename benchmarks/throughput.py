@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sievetrain._io import atomic_write_text
 from sievetrain.data import load_dataset
+from sievetrain.files import atomic_write_text
 from sievetrain.models import DEFAULT_MODEL, build_model
 from sievetrain.optim import build_optimizer
 from sievetrain.sampling import SoftRandomSampler

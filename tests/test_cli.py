@@ -1,4 +1,5 @@
-"""The CLI end to end, in subprocesses, as a script would call it."""
+"""The CLI end to end, in subprocesses, as a script would call it; bad input, which
+ends before any training, in-process through ``sievetrain.cli.main``."""
 
 import json
 import os
@@ -35,6 +36,18 @@ def sievetrain(*args, timeout=240, **kwargs):
         env=os.environ.copy(),
         **kwargs,
     )
+
+
+def sievetrain_in_process(capsys, *args):
+    """``sievetrain ARGS`` run by ``main`` in this process: (exit code, stdout, stderr)."""
+    from sievetrain.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's errors exit with 2
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def records(out):
@@ -145,24 +158,73 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--optimizer", "lion"], "'lion'"),
         (["--methods", "adam", "--sampling-rate", "0.5"], "'sampling_rate'"),
         (["--methods", "gradmatch:0.3/kappa=1"], "kappa must be in [0, 1), got 1.0"),
+        (["--methods", "srs:0.1+sift", "--set", "ratio=0.3"], "--set ratio=0.3 is ambiguous"),
+        (["--methods", "srs:0.1+sift", "--set", "ratio=0.3"], "write srs/ratio=0.3 or sift/ratio"),
+        (["--methods", "srs:0.1", "--set", "sift/ratio=0.3"], "--set sift/ratio: no run has"),
+        (["--methods", "adam/betas=0.9,1.5"], "betas=(0.9, 1.5)"),
+        (["--seeds", "", "--methods", "full"], "--seeds"),
+        (
+            ["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"],
+            "--data-dir '/nonexistent/fmnist' does not hold",
+        ),
     ],
 )
-def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, args, fragment):
+def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, capsys, args, fragment):
     base = ["--dataset", "mnist1d", "--train-size", "600", "--test-size", "200", "--epochs", "1"]
-    proc = sievetrain("bench", *base, *args, "--out", str(tmp_path / "o"), timeout=120)
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    code, out, err = sievetrain_in_process(
+        capsys, "bench", *base, *args, "--out", str(tmp_path / "o")
+    )
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], err
     assert not (tmp_path / "o" / "results.jsonl").exists()
 
 
-def test_unwritable_output_dir(tmp_path):
+def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc = sievetrain("bench", *SMALL, "--epochs", "1", "--out", str(blocker / "out"))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert str(blocker / "out") in proc.stderr
+    code, _, err = sievetrain_in_process(
+        capsys, "bench", *SMALL, "--epochs", "1", "--out", str(blocker / "out")
+    )
+    assert code == 2 and "Traceback" not in err
+    assert str(blocker / "out") in err
+
+
+class Payload:
+    """Unpickling this creates ``path``: what a malicious checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("kind", ["code", "truncated"])
+def test_resume_refuses_an_unsafe_checkpoint_naming_it_and_keeps_results(tmp_path, capsys, kind):
+    import torch
+
+    out = tmp_path / "o"
+    (out / "checkpoints").mkdir(parents=True)
+    results = out / "results.jsonl"
+    results.write_text('{"run_key": "finished", "method": "full", "seed": 9}\n')
+    before = results.read_bytes()
+    marker, checkpoint = tmp_path / "pwned", out / "checkpoints" / "full-seed0-abc.pt"
+    if kind == "code":
+        torch.save({"run_key": "x", "trainer": Payload(marker)}, checkpoint)
+    else:
+        torch.save({"run_key": "x", "trainer": {"w": torch.zeros(1000)}}, checkpoint)
+        checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    code, out_text, err = sievetrain_in_process(
+        capsys, "bench", *SMALL, "--methods", "full", "--seeds", "0", "--epochs", "1",
+        "--out", str(out), "--resume",
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(checkpoint) in lines[0], err
+    assert not marker.exists()
+    assert results.read_bytes() == before
 
 
 def test_existing_results_need_resume(tmp_path):

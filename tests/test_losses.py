@@ -1,19 +1,21 @@
-"""Losses and per-sample scores for class and token targets."""
+"""Losses and per-sample scores for class and token targets; normalized prediction entropy."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sievetrain.losses import (
     IGNORE_INDEX,
     batch_loss,
     flatten_targets,
+    normalized_entropy,
     sample_entropies,
     sample_losses,
 )
-from sievetrain.train.metrics import spearman
 
 
 def test_class_targets_match_cross_entropy():
@@ -47,15 +49,6 @@ def test_mismatched_shapes_name_both():
         sample_losses(torch.zeros(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))
 
 
-def test_spearman_worked_values():
-    a = torch.tensor([0.1, 0.5, 0.3, 0.9])
-    assert spearman(a, a * 10 + 1) == pytest.approx(1.0)
-    assert spearman(a, -a) == pytest.approx(-1.0)
-    # ranks (0, 2, 1, 3) against (0, 1, 2, 3): rho = 1 - 6 * 2 / (4 * 15) = 0.8
-    assert spearman(a, torch.arange(4.0)) == pytest.approx(0.8)
-    assert math.isnan(spearman(a, torch.ones(4)))
-
-
 def test_weighted_batch_loss_is_the_weighted_mean_over_predicted_targets():
     g = torch.Generator().manual_seed(1)
     logits, y = torch.randn(4, 3, generator=g), torch.tensor([0, 2, 1, 1])
@@ -69,3 +62,28 @@ def test_weighted_batch_loss_is_the_weighted_mean_over_predicted_targets():
     rows = F.cross_entropy(tokens[t != IGNORE_INDEX], t[t != IGNORE_INDEX], reduction="none")
     expected = (rows * torch.tensor([1.0, 1.0, 4.0])).sum() / 6.0
     torch.testing.assert_close(batch_loss(tokens, t, torch.tensor([1.0, 4.0])), expected)
+
+
+# -- normalized prediction entropy --------------------------------------------------
+
+
+def test_normalized_entropy_extremes_and_a_worked_value():
+    uniform = torch.zeros(3, 10)
+    confident = torch.tensor([[1e4, 0.0, 0.0], [0.0, -1e4, 1e4]])
+    assert torch.allclose(normalized_entropy(uniform), torch.ones(3))
+    assert torch.allclose(normalized_entropy(confident), torch.zeros(2))
+    # p = (0.75, 0.25): H = -(0.75 ln 0.75 + 0.25 ln 0.25) / ln 2 = 0.811278...
+    logits = torch.tensor([[math.log(3.0), 0.0]])
+    assert math.isclose(normalized_entropy(logits).item(), 0.8112781244591328, rel_tol=1e-6)
+    assert normalized_entropy(torch.zeros(4, 1)).tolist() == [0.0] * 4
+
+
+@given(
+    st.lists(st.floats(-50, 50), min_size=2, max_size=12),
+    st.floats(-1e3, 1e3),
+)
+def test_normalized_entropy_in_unit_interval_and_shift_invariant(values, shift):
+    logits = torch.tensor([values], dtype=torch.float64)
+    h = normalized_entropy(logits)
+    assert 0 <= h.item() <= 1 + 1e-6
+    assert math.isclose(normalized_entropy(logits + shift).item(), h.item(), abs_tol=1e-5)

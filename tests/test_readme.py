@@ -20,5 +20,5 @@ def test_readme_library_example_runs_and_learns(capsys):
     # 20 epochs of a fresh 30 % subset cover nearly everything (1 - 0.7**20 > 99.9 %).
     assert namespace["coverage"].fraction > 0.99
     summary = namespace["summary"]
-    assert summary["final_test_accuracy"] > 0.5  # ten classes: chance is 0.1
-    assert summary["optimizer_steps"] == 20 * -(-round(0.3 * 4000) // 128)
+    assert summary.final_test_accuracy > 0.5  # ten classes: chance is 0.1
+    assert summary.optimizer_steps == 20 * -(-round(0.3 * 4000) // 128)

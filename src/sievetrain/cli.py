@@ -8,6 +8,7 @@ loses at most the epoch in progress (``--resume`` continues it).
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -15,20 +16,30 @@ from typing import Any
 
 import torch
 
-from sievetrain.bench import REGISTRY, RESULTS, prepare, run_bench, write_report
+from sievetrain.bench import RESULTS, prepare, run_bench, write_report
+from sievetrain.bench.cards import methods_listing, write_cards
 from sievetrain.bench.runner import check_output
 from sievetrain.data import DATASETS, load_dataset
+from sievetrain.options import ArgumentError
 from sievetrain.train import TrainConfig
 
 __all__ = ["main"]
 
 DEFAULT_METHODS = "full,srs:0.1,srs:0.3,srs:0.5,fixed:0.3"
 DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10, "shakespeare": 5}
-# Flags that set an optimizer hyperparameter for every run: name -> help.
+# Flags that set an optimizer option for every run (--lr X is --set lr=X): name -> help.
 SHORTHANDS = {
     "lr": "learning rate (default: the optimizer's)",
     "weight_decay": "weight decay (default: the optimizer's)",
-    "sampling_rate": "StochGradAdam's sampling rate s in (0, 1] (default 0.8)",
+    "sampling_rate": "StochGradAdam's sampling rate s in (0, 1] (default: its own)",
+}
+# How the CLI spells the library's keyword arguments in error messages.
+FLAGS = {
+    "seeds": "--seeds",
+    "methods": "--methods",
+    "sets": "--set",
+    "resume": "--resume",
+    "data_dir": "--data-dir",
 }
 
 
@@ -36,13 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.command == "methods":
-        print(_methods_table())
+        if args.write_cards is not None:
+            for path in write_cards(args.write_cards):
+                print(f"updated {path}")
+            return 0
+        print(methods_listing(), end="")
         return 0
     try:
         bench, out = _setup(args)
-    except (ValueError, OSError) as error:
-        print(f"sievetrain: error: {error}", file=sys.stderr)
-        return 2
+    except ArgumentError as error:
+        return _error(error.render(FLAGS))
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+        return _error(str(error))
     log = _Log(quiet=args.quiet)
     total = len(bench.runs) * len(bench.seeds)
     count = iter(range(1, total + 1))
@@ -55,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             on_run=lambda r: log.run(next(count), total, r),
             on_epoch=log.epoch if args.command == "train" else None,
         )
+    except ArgumentError as error:
+        return _error(error.render(FLAGS))
+    except ValueError as error:  # e.g. a checkpoint that appeared since the start
+        return _error(str(error))
     except KeyboardInterrupt:
         print(
             f"sievetrain: interrupted; finished runs are in {out / RESULTS}, "
@@ -74,15 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _error(message: str) -> int:
+    print(f"sievetrain: error: {message}", file=sys.stderr)
+    return 2
+
+
 def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
-    methods = [args.method] if args.command == "train" else _split(args.methods)
+    methods = [args.method] if args.command == "train" else _split_methods(args.methods)
     seeds = [args.seed] if args.command == "train" else _parse_seeds(args.seeds)
     sets = dict(_parse_set(s) for s in args.set)
     for flag in SHORTHANDS:  # --lr 0.01 is --set lr=0.01
         if getattr(args, flag) is not None:
-            sets[flag] = str(getattr(args, flag))
+            sets[flag] = getattr(args, flag)  # text: the registry parses it, once
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -140,13 +165,14 @@ def _parser() -> argparse.ArgumentParser:
             "(default: sgd)",
         )
         for flag, text in SHORTHANDS.items():
-            p.add_argument("--" + flag.replace("_", "-"), type=float, default=None, help=text)
+            p.add_argument("--" + flag.replace("_", "-"), default=None, help=text)
         p.add_argument(
             "--set",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a training or method hyperparameter for every run",
+            help="set a training option or a method option for every run that has it; "
+            "NAME/KEY=VALUE (e.g. sift/ratio=0.3) when two methods of a run have KEY",
         )
         p.add_argument(
             "--target-accuracy",
@@ -159,12 +185,26 @@ def _parser() -> argparse.ArgumentParser:
             "--resume", action="store_true", help="skip finished runs, continue the interrupted one"
         )
         p.add_argument("--quiet", action="store_true", help="print only the final table")
-    sub.add_parser("methods", help="list the registered methods, their knobs and defaults")
+    methods = sub.add_parser(
+        "methods", help="list the registered methods and every option with its default"
+    )
+    methods.add_argument(
+        "--write-cards",
+        metavar="DIR",
+        default=None,
+        help="rewrite the generated option tables of the method cards in DIR",
+    )
     return parser
 
 
 def _split(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _split_methods(text: str) -> list[str]:
+    """Methods are comma-separated; a comma followed by a number continues a
+    tuple value (``adam/betas=0.9,0.99``), since no method name starts with one."""
+    return [m.strip() for m in re.split(r",(?![\s]*[-+.\d])", text) if m.strip()]
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -199,18 +239,6 @@ def _writable_dir(path: Path) -> Path:
             f"output directory {str(path)!r} is not writable: {error.strerror}"
         ) from None
     return path
-
-
-def _methods_table() -> str:
-    lines = [
-        "| method | level | value (default) | options (defaults) | what |",
-        "|---|---|---|---|---|",
-    ]
-    for m in REGISTRY.values():
-        value = f"{m.knob} ({m.default})" if m.knob else "—"
-        options = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "—"
-        lines.append(f"| {m.name} | {m.level} | {value} | {options} | {m.summary} |")
-    return "\n".join(lines)
 
 
 class _Log:

@@ -1,10 +1,13 @@
 import dataclasses
+import re
 
 import pytest
+import torch
 from torch.utils.data import TensorDataset
 
 from sievetrain.bench import REGISTRY, prepare
-from sievetrain.bench.runner import run_one
+from sievetrain.bench.runner import check_output, run_one
+from sievetrain.files import CheckpointError, load_torch
 from sievetrain.train import TrainConfig
 
 
@@ -27,6 +30,12 @@ def subset(data, train, test):
     return dataclasses.replace(data, train=cut(data.train, train), test=cut(data.test, test))
 
 
+def final_state(checkpoint):
+    """Model and optimizer state a finished run left in its last checkpoint."""
+    trainer = load_torch(checkpoint)["trainer"]
+    return trainer["model"], trainer["optimizer"]["state"]
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_method_resumes_from_its_checkpoint_exactly(name, mnist1d, tmp_path):
     """A new registry entry is checked here automatically: crash after one epoch,
@@ -34,7 +43,8 @@ def test_every_method_resumes_from_its_checkpoint_exactly(name, mnist1d, tmp_pat
     data = subset(mnist1d, 640, 512)  # 10 batches of 64 per epoch; 8 held-out rank batches
     bench = prepare(data, [name], [0], config=TrainConfig(epochs=3, batch_size=64))
     (run,) = bench.runs
-    clean = run_one(bench, run, 0)
+    straight = tmp_path / "straight.pt"  # its last checkpoint holds the final state
+    clean = run_one(bench, run, 0, checkpoint=straight)
 
     checkpoint = tmp_path / "run.pt"
     with pytest.raises(Crash):
@@ -52,6 +62,14 @@ def test_every_method_resumes_from_its_checkpoint_exactly(name, mnist1d, tmp_pat
         "coverage",
     ):
         assert resumed[key] == clean[key], key
+    # Bitwise-equal parameters and optimizer state at the end (CPU).
+    (model_a, optim_a), (model_b, optim_b) = final_state(straight), final_state(checkpoint)
+    assert model_a.keys() == model_b.keys() and optim_a.keys() == optim_b.keys()
+    for key in model_a:
+        assert torch.equal(model_a[key], model_b[key]), key
+    for index, state in optim_a.items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(optim_b[index][key])), key
 
 
 def test_a_checkpoint_of_another_run_is_ignored(mnist1d, tmp_path):
@@ -61,5 +79,75 @@ def test_a_checkpoint_of_another_run_is_ignored(mnist1d, tmp_path):
     with pytest.raises(Crash):
         run_one(bench, bench.runs[0], 0, checkpoint=checkpoint, on_epoch=crash)
     # A different method must start from scratch, not from srs:0.5's state.
-    other = run_one(bench, bench.runs[1], 0, checkpoint=checkpoint)
+    with pytest.warns(UserWarning, match="not a checkpoint of this run"):
+        other = run_one(bench, bench.runs[1], 0, checkpoint=checkpoint)
     assert trajectory(other) == trajectory(run_one(bench, bench.runs[1], 0))
+
+
+class Payload:
+    """Unpickling this creates ``path``: what a malicious checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(mnist1d, tmp_path):
+    bench = prepare(mnist1d, ["full"], [0], config=TrainConfig(epochs=1, batch_size=64))
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "run.pt"
+    torch.save({"run_key": "x", "trainer": Payload(marker)}, checkpoint)
+    with pytest.raises(CheckpointError, match=re.escape(str(checkpoint))):
+        run_one(bench, bench.runs[0], 0, checkpoint=checkpoint)
+    assert not marker.exists()
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    checkpoint.rename(out / "checkpoints" / "run.pt")
+    with pytest.raises(CheckpointError, match="run.pt"):
+        check_output(out, resume=True)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_refused_naming_the_file(mnist1d, tmp_path):
+    bench = prepare(mnist1d, ["full"], [0], config=TrainConfig(epochs=2, batch_size=64))
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(Crash):
+        run_one(bench, bench.runs[0], 0, checkpoint=checkpoint, on_epoch=crash)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=re.escape(str(checkpoint))):
+        run_one(bench, bench.runs[0], 0, checkpoint=checkpoint)
+
+
+def test_prepare_builds_no_training_component(mnist1d, monkeypatch):
+    """Validation checks options against the run without building a sampler,
+    selector or optimizer; only an early exit needs a model, built once."""
+    import sievetrain.bench.methods as methods
+    import sievetrain.bench.runner as runner
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("prepare built a training component")
+
+    for name in ("SoftRandomSampler", "GradMatchSampler", "SIFT", "RandomKeep", "build_optimizer"):
+        monkeypatch.setattr(methods, name, forbidden)
+    built = []
+    real_build_model = runner.build_model
+    monkeypatch.setattr(
+        runner, "build_model", lambda *a, **k: built.append(1) or real_build_model(*a, **k)
+    )
+    prepare(mnist1d, ["full", "srs:0.3", "gradmatch:0.3", "stochgradadam"], [0])
+    assert built == []
+    prepare(mnist1d, ["sift:0.5", "sift-entropy:0.5+adam", "random-keep"], [0])
+    assert built == [1]
+    with pytest.raises(ValueError, match="'nope'"):
+        prepare(mnist1d, ["sift:0.5/stage=nope"], [0])
+
+
+def test_prepare_checks_options_against_the_data(mnist1d):
+    small = subset(mnist1d, 50, 50)
+    with pytest.raises(ValueError, match="n must be >= 64, got 50"):
+        prepare(small, ["gradmatch:0.5"], [0], config=TrainConfig(batch_size=64))
+    with pytest.raises(ValueError, match="makes the subset empty for 50 samples"):
+        prepare(small, ["srs:0.001"], [0])

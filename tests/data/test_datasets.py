@@ -251,5 +251,5 @@ def test_fashion_mnist_error_lists_three_ways_to_get_the_data(no_local_copies):
             load_fashion_mnist(**kwargs)
         message = str(info.value)
         assert "dataset-fashion-mnist" in message
-        assert "--data-dir" in message
+        assert "data_dir=" in message  # the CLI spells it --data-dir (tests/test_cli.py)
         assert "SIEVETRAIN_FASHION_MNIST_URL" in message

@@ -37,7 +37,7 @@ def test_build_model_gives_token_logits_and_named_stages():
 
 
 def test_head_applies_to_any_layer_output():
-    model = MLMTransformer(max_len=16, d_model=32, n_heads=2, n_layers=3)
+    model = MLMTransformer(VOCAB_SIZE, max_len=16, d_model=32, n_heads=2, n_layers=3)
     x = _ids(2, 16)
     assert model.exit_stage == "layer1"
     h = model.layer1(model.embed(x))  # (B, T, d)
@@ -50,7 +50,7 @@ def test_head_applies_to_any_layer_output():
 
 
 def test_forward_consumes_no_randomness():
-    model = MLMTransformer(max_len=16, d_model=32, n_heads=2, n_layers=2).train()
+    model = MLMTransformer(VOCAB_SIZE, max_len=16, d_model=32, n_heads=2, n_layers=2).train()
     state = torch.get_rng_state()
     x = _ids(2, 16)
     torch.set_rng_state(state)
@@ -70,7 +70,7 @@ def test_forward_consumes_no_randomness():
 )
 def test_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        MLMTransformer(**kwargs)
+        MLMTransformer(**({"num_classes": VOCAB_SIZE} | kwargs))
 
 
 def test_training_on_shakespeare_lowers_the_masked_token_loss():
@@ -79,7 +79,7 @@ def test_training_on_shakespeare_lowers_the_masked_token_loss():
     x_val, y_val = data.test.tensors
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MLMTransformer(max_len=128, d_model=32, n_heads=2, n_layers=2)
+        model = MLMTransformer(VOCAB_SIZE, max_len=128, d_model=32, n_heads=2, n_layers=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def val_loss() -> float:

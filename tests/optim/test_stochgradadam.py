@@ -231,8 +231,8 @@ def test_it_trains_the_reference_model(mnist1d):
     )
     first_loss = trainer.evaluate()["test_loss"]
     summary = trainer.fit()
-    assert summary["final_test_loss"] < 0.5 * first_loss
-    assert summary["final_test_accuracy"] > 0.6  # chance is 0.1
+    assert summary.final_test_loss < 0.5 * first_loss
+    assert summary.final_test_accuracy > 0.6  # chance is 0.1
 
 
 @pytest.mark.parametrize(

@@ -10,92 +10,21 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
-from torch.utils.data import TensorDataset
 
-from sievetrain._rng import make_generator
 from sievetrain.data import load_dataset
-from sievetrain.losses import IGNORE_INDEX
 from sievetrain.models import build_model
+from sievetrain.rng import make_generator
 from sievetrain.sampling import (
     GradMatchSampler,
     SoftRandomSampler,
     batch_gradients,
     batch_partition,
     gradmatch_select,
-    last_layer_gradient,
-    nonnegative_omp,
     warm_start_schedule,
 )
 from sievetrain.train import TrainConfig, Trainer
 
 PROPERTY = settings(max_examples=30, deadline=None)
-
-
-# -- the closed-form last-layer gradient ----------------------------------------
-
-
-@pytest.mark.parametrize("tokens", [False, True])
-def test_last_layer_gradient_equals_autograd(tokens):
-    g = make_generator(0, "test")
-    layer = nn.Linear(6, 5)
-    z = torch.randn(4, 7, 6, generator=g) if tokens else torch.randn(8, 6, generator=g)
-    y = torch.randint(5, z.shape[:-1], generator=g)
-    if tokens:
-        y[:, ::2] = IGNORE_INDEX  # only some positions are predicted
-    logits = layer(z)
-    rows = logits[y != IGNORE_INDEX] if tokens else logits
-    F.cross_entropy(rows, y[y != IGNORE_INDEX] if tokens else y).backward()
-    expected = torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
-    closed = last_layer_gradient(z, logits.detach(), y)
-    torch.testing.assert_close(closed, expected)
-    assert last_layer_gradient(z, logits.detach(), y, bias=False).shape == (5 * 6,)
-
-
-# -- orthogonal matching pursuit, non-negative ----------------------------------
-
-
-@PROPERTY
-@given(seed=st.integers(0, 2**32), k=st.integers(1, 6))
-def test_omp_recovers_a_planted_sparse_nonnegative_combination(seed, k):
-    g = make_generator(seed, "omp")
-    columns = torch.randn(120, 40, generator=g, dtype=torch.float64)
-    planted = torch.randperm(40, generator=g)[:k]
-    weights = 0.5 + 1.5 * torch.rand(k, generator=g, dtype=torch.float64)  # in [0.5, 2]
-    target = columns[:, planted] @ weights
-    picked, found = nonnegative_omp(columns, target, budget=10)
-    assert sorted(picked.tolist()) == sorted(planted.tolist())  # stops once the fit is exact
-    order = {int(c): float(w) for c, w in zip(planted, weights, strict=True)}
-    torch.testing.assert_close(found, torch.tensor([order[int(c)] for c in picked]).double())
-
-
-@PROPERTY
-@given(seed=st.integers(0, 2**32), budget=st.integers(1, 25), lam=st.sampled_from([0.0, 0.5]))
-def test_omp_weights_are_nonnegative_and_never_worse_than_nothing(seed, budget, lam):
-    g = make_generator(seed, "omp-any")
-    columns = torch.randn(30, 20, generator=g)
-    target = torch.randn(30, generator=g)  # not a combination of the columns
-    picked, weights = nonnegative_omp(columns, target, budget, lam=lam)
-    assert len(picked) == len(weights) <= budget
-    assert len(set(picked.tolist())) == len(picked)
-    assert bool((weights >= 0).all())
-    fit = columns.double()[:, picked] @ weights if len(picked) else torch.zeros(30).double()
-    assert (target.double() - fit).norm() <= target.double().norm() + 1e-9
-
-
-def test_omp_takes_nothing_when_no_column_points_towards_the_target():
-    columns = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    picked, weights = nonnegative_omp(columns, torch.tensor([-1.0, -2.0, 0.0]), budget=2)
-    assert picked.numel() == 0 and weights.numel() == 0
-
-
-def test_omp_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="budget must be >= 1, got 0"):
-        nonnegative_omp(torch.ones(3, 2), torch.ones(3), 0)
-    with pytest.raises(ValueError, match="lam=-1"):
-        nonnegative_omp(torch.ones(3, 2), torch.ones(3), 1, lam=-1)
-    with pytest.raises(ValueError, match="target"):
-        nonnegative_omp(torch.ones(3, 2), torch.ones(4), 1)
 
 
 @PROPERTY
@@ -304,13 +233,6 @@ def test_bad_configuration_names_the_value(kwargs, fragment):
     args = dict(n=2000, ratio=0.3, batch_size=64, epochs=4) | kwargs
     with pytest.raises(ValueError, match=fragment):
         GradMatchSampler(args.pop("n"), args.pop("ratio"), **args)
-
-
-def test_a_model_whose_last_linear_is_not_its_output_is_refused(mnist1d):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 10), nn.Tanh())
-    x, y = mnist1d.train.tensors
-    with pytest.raises(ValueError, match="pass layer="):
-        batch_gradients(model, TensorDataset(x[:128], y[:128]), [torch.arange(64)])
 
 
 def test_a_resumed_run_keeps_its_subset_and_its_schedule(mnist1d, tmp_path):

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -88,8 +88,7 @@ def test_subset_size_examples():
     warm=st.integers(0, 3),
 )
 def test_indices_are_unique_in_range_and_sized(n, ratio, seed, epoch, interval, warm):
-    if ratio * n < 0.5:
-        return
+    assume(ratio * n >= 0.5)
     out = soft_random_indices(
         n, ratio, seed=seed, epoch=epoch, interval=interval, warm_start_epochs=warm
     )
@@ -102,8 +101,7 @@ def test_indices_are_unique_in_range_and_sized(n, ratio, seed, epoch, interval, 
 @PROPERTY
 @given(n=st.integers(1, 500), ratio=ratios, seed=seeds, epoch=epochs)
 def test_with_replacement_has_m_indices_in_range(n, ratio, seed, epoch):
-    if ratio * n < 0.5:
-        return
+    assume(ratio * n >= 0.5)
     out = soft_random_indices(n, ratio, seed=seed, epoch=epoch, within_epoch_replacement=True)
     assert out.numel() == subset_size(n, ratio)
     assert int(out.min()) >= 0 and int(out.max()) < n
@@ -128,8 +126,7 @@ def test_with_replacement_repeats_indices():
     interval=st.integers(0, 4),
 )
 def test_same_seed_and_epoch_give_same_indices(n, ratio, seed, epoch, replacement, interval):
-    if ratio * n < 0.5:
-        return
+    assume(ratio * n >= 0.5)
     kwargs = dict(seed=seed, epoch=epoch, within_epoch_replacement=replacement, interval=interval)
     first = soft_random_indices(n, ratio, **kwargs)
     assert torch.equal(first, soft_random_indices(n, ratio, **kwargs))
@@ -221,8 +218,7 @@ def test_ratio_one_is_a_permutation(n, seed, epoch, interval):
 def test_ranks_are_disjoint_equal_and_cover_the_global_subset(
     n, ratio, seed, epoch, replicas, warm
 ):
-    if ratio * n < 0.5 or subset_size(n, ratio) < replicas:
-        return
+    assume(ratio * n >= 0.5 and subset_size(n, ratio) >= replicas)
     kwargs = dict(seed=seed, epoch=epoch, warm_start_epochs=warm)
     shards = [
         soft_random_indices(n, ratio, num_replicas=replicas, rank=r, **kwargs).tolist()
@@ -288,8 +284,7 @@ def test_batch_granularity_yields_whole_batches_of_the_runs_partition(
     n, batch_size, ratio, seed, replacement, warm
 ):
     num_batches = math.ceil(n / batch_size)
-    if ratio * num_batches < 0.5:
-        return
+    assume(ratio * num_batches >= 0.5)
     batches = [b.tolist() for b in batch_partition(n, batch_size, seed=seed)]
     assert len(batches) == num_batches
     assert sorted(i for b in batches for i in b) == list(range(n))
@@ -367,8 +362,7 @@ def test_sample_granularity_ignores_batch_size():
     replacement=st.booleans(),
 )
 def test_mid_epoch_state_round_trip(n, ratio, seed, epoch, cut, set_epoch_again, replacement):
-    if ratio * n < 0.5:
-        return
+    assume(ratio * n >= 0.5)
     config = dict(seed=seed, interval=2, warm_start_epochs=1, within_epoch_replacement=replacement)
     original = SoftRandomSampler(n, ratio, **config)
     original.set_epoch(epoch)

@@ -1,62 +1,27 @@
-"""SIFT, its early exit, uniform random keep, and Selective Backprop."""
-
-import math
+"""SIFT: the top-k rule on early-exit scores, and RandomKeep, its uniform control."""
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sievetrain._rng import derive_seed
 from sievetrain.losses import sample_losses
-from sievetrain.models import DEFAULT_MODEL, build_model
-from sievetrain.optim import build_optimizer
-from sievetrain.sampling import SoftRandomSampler
 from sievetrain.selection import (
     SIFT,
-    EarlyExit,
     RandomKeep,
-    SelectiveBackprop,
     keep_count,
-    keep_probabilities,
     scoring_mode,
     select_top_k,
 )
 from sievetrain.train import TrainConfig, Trainer
 
-
-def make_model(data, seed=0):
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(seed, "init"))
-        return build_model(
-            DEFAULT_MODEL[data.name], num_classes=data.num_classes, input_shape=data.input_shape
-        )
-
-
-def train(data, selector, *, epochs=1, batch_size=64):
-    model = make_model(data)
-    trainer = Trainer(
-        model,
-        build_optimizer("sgd", model.parameters()),
-        data.train,
-        data.test,
-        config=TrainConfig(epochs=epochs, batch_size=batch_size),
-        sampler=SoftRandomSampler(len(data.train), 1.0, seed=0),
-        selector=selector,
-        seed=0,
-    )
-    return trainer, trainer.fit()
-
-
-def state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
+# Shared helpers (make_model, train, state, round_trip) are fixtures in conftest.py.
 
 # -- degenerate cases first ------------------------------------------------------
 
 
 @pytest.mark.parametrize("head", ["linear", "reuse"])
-def test_keeping_every_sample_equals_vanilla_training_exactly(mnist1d, head):
+def test_keeping_every_sample_equals_vanilla_training_exactly(mnist1d, head, train, state):
     """ratio 1: the scoring pass runs (and a linear head trains) on every batch, yet
     parameters, batch-norm statistics and the whole history match vanilla bitwise."""
     stage = "stem" if head == "linear" else "head"
@@ -65,14 +30,14 @@ def test_keeping_every_sample_equals_vanilla_training_exactly(mnist1d, head):
     a, b = state(vanilla.model), state(sift.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     keys = ("test_accuracy", "test_loss", "train_loss")
-    assert [[h[k] for k in keys] for h in plain["history"]] == [
-        [h[k] for k in keys] for h in summary["history"]
+    assert [[h[k] for k in keys] for h in plain.history] == [
+        [h[k] for k in keys] for h in summary.history
     ]
-    assert summary["samples_forwarded_partially"] == 2 * len(mnist1d.train)
-    assert summary["samples_backpropagated"] == plain["samples_backpropagated"]
+    assert summary.samples_forwarded_partially == 2 * len(mnist1d.train)
+    assert summary.samples_backpropagated == plain.samples_backpropagated
 
 
-def test_exit_at_the_last_layer_picks_the_true_top_k_losses(mnist1d):
+def test_exit_at_the_last_layer_picks_the_true_top_k_losses(mnist1d, make_model):
     model = make_model(mnist1d)
     x, y = mnist1d.train.tensors[0][:100], mnist1d.train.tensors[1][:100]
     selector = SIFT(0.3, stage="head", head="reuse")
@@ -80,69 +45,6 @@ def test_exit_at_the_last_layer_picks_the_true_top_k_losses(mnist1d):
     with scoring_mode(model), torch.no_grad():
         true = sample_losses(model(x), y)
     assert keep.tolist() == sorted(torch.topk(true, 30).indices.tolist())
-
-
-# -- the early exit ---------------------------------------------------------------
-
-
-def test_removing_an_exit_restores_the_model_bitwise(mnist1d):
-    model = make_model(mnist1d)
-    x, y = mnist1d.train.tensors[0][:64], mnist1d.train.tensors[1][:64]
-    model.train()
-    before_state = state(model)
-    with torch.no_grad():
-        before = model(x)
-    exit_ = EarlyExit(model, "stage1", head="linear", num_classes=10)
-    exit_.logits(model, x, y)  # a scoring pass with a training step of the head
-    with torch.no_grad():
-        during = model(x)  # an ordinary forward with the hook present but not armed
-    exit_.remove()
-    with torch.no_grad():
-        after = model(x)
-    assert torch.equal(before, during) and torch.equal(before, after)
-    assert not any(m._forward_hooks for m in model.modules())
-    assert list(state(model)) == list(before_state)  # no submodule was added
-
-
-def test_scoring_pass_stops_at_the_exit_and_has_no_side_effects(mnist1d):
-    model = make_model(mnist1d)
-    model.train()
-    ran = []
-    model.stage2.register_forward_hook(lambda *_: ran.append("stage2"))
-    x, y = mnist1d.train.tensors[0][:64], mnist1d.train.tensors[1][:64]
-    before = state(model)
-    rng = torch.random.get_rng_state()
-    SIFT(0.5, stage="stem", num_classes=10).select(model, x, y)
-    assert ran == []  # the stages after the exit never ran
-    after = state(model)
-    assert all(torch.equal(before[k], after[k]) for k in before)  # incl. batch-norm stats
-    assert torch.equal(rng, torch.random.get_rng_state())
-
-
-def test_auto_head_reuses_the_model_head_where_it_fits(mnist1d):
-    model = make_model(mnist1d)  # stage2 ends where the head starts; the stem is narrower
-    x, y = mnist1d.train.tensors[0][:32], mnist1d.train.tensors[1][:32]
-    reuse = EarlyExit(model, "stage2", num_classes=10)
-    linear = EarlyExit(model, "stem", num_classes=10)
-    with scoring_mode(model):
-        assert reuse.logits(model, x, y).shape == (32, 10)
-        assert linear.logits(model, x, y).shape == (32, 10)
-    assert (reuse.kind, linear.kind) == ("reuse", "linear")
-    assert sum(p.numel() for p in linear.linear.parameters()) == 32 * 4 * 10 + 10
-
-
-def test_the_linear_exit_head_learns(mnist1d):
-    model = make_model(mnist1d)
-    model.train()
-    selector = SIFT(0.5, stage="stage1", head="linear", num_classes=10, head_lr=1e-2)
-    x, y = mnist1d.train.tensors
-    first = sample_losses(
-        selector.attach(model).logits(model, x[:500], y[:500], train_head=False), y[:500]
-    )
-    for start in range(0, 2000, 100):
-        selector.select(model, x[start : start + 100], y[start : start + 100])
-    later = selector.exit.logits(model, x[:500], y[:500], train_head=False)
-    assert sample_losses(later, y[:500]).mean() < 0.8 * first.mean()
 
 
 # -- sizes and indices (properties) ---------------------------------------------------
@@ -179,7 +81,7 @@ def test_random_keep_has_a_fixed_size_and_unique_positions(batch, ratio, seed):
     assert keep.tolist() == sorted(keep.tolist()) and keep.max() < batch
 
 
-def test_sift_output_size_is_fixed_on_real_batches(mnist1d):
+def test_sift_output_size_is_fixed_on_real_batches(mnist1d, make_model):
     model = make_model(mnist1d)
     x, y = mnist1d.train.tensors
     selector = SIFT(0.3, stage="stem", num_classes=10, score="entropy")
@@ -188,20 +90,14 @@ def test_sift_output_size_is_fixed_on_real_batches(mnist1d):
         assert len(keep) == keep_count(size, 0.3) == len(set(keep.tolist()))
 
 
-def test_warmup_keeps_whole_batches(mnist1d):
+def test_warmup_keeps_whole_batches(mnist1d, make_model):
     model = make_model(mnist1d)
     x, y = mnist1d.train.tensors[0][:64], mnist1d.train.tensors[1][:64]
     selector = SIFT(0.5, stage="stem", num_classes=10, warmup_steps=2)
     assert [selector.select(model, x, y) is None for _ in range(3)] == [True, True, False]
 
 
-# -- state round trips ------------------------------------------------------------
-
-
-def run_selections(selector, model, x, y, steps):
-    return [
-        selector.select(model, x[i * 64 : (i + 1) * 64], y[i * 64 : (i + 1) * 64]) for i in steps
-    ]
+# -- state round trips (Selective Backprop's is in test_selective_backprop.py) -------
 
 
 @pytest.mark.parametrize(
@@ -210,49 +106,13 @@ def run_selections(selector, model, x, y, steps):
         lambda: SIFT(0.5, stage="stage1", head="linear", num_classes=10),
         lambda: SIFT(0.25, stage="stem", num_classes=10, score="entropy", warmup_steps=1),
         lambda: RandomKeep(0.5, seed=3),
-        lambda: SelectiveBackprop(2.0, history=100, full_epochs=0, seed=3),
     ],
-    ids=["sift-linear", "sift-entropy", "random-keep", "selective-backprop"],
+    ids=["sift-linear", "sift-entropy", "random-keep"],
 )
-def test_selectors_round_trip_through_state_dict(make, mnist1d):
-    model = make_model(mnist1d)
-    model.train()
-    x, y = mnist1d.train.tensors
-    straight = make()
-    run_selections(straight, model, x, y, range(4))
-    expected = run_selections(straight, model, x, y, range(4, 8))
-
-    first = make()
-    run_selections(first, model, x, y, range(4))
-    saved = first.state_dict()
-    resumed = make()
-    resumed.load_state_dict(saved)
-    got = run_selections(resumed, model, x, y, range(4, 8))
+def test_selectors_round_trip_through_state_dict(make, round_trip):
+    straight, expected, resumed, got = round_trip(make)
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
     assert resumed.stats() == straight.stats()
-
-
-# -- Selective Backprop ---------------------------------------------------------------
-
-
-def test_keep_probability_is_the_loss_percentile_to_the_beta():
-    history = torch.arange(1.0, 11.0)  # 1..10
-    probs = keep_probabilities(torch.tensor([10.0, 5.0, 1.0]), history, beta=2.0, min_prob=0.05)
-    assert torch.allclose(probs, torch.tensor([1.0, 0.25, 0.05], dtype=torch.float64))
-
-
-def test_selective_backprop_keeps_the_first_epoch_and_fills_full_batches(mnist1d):
-    selector = SelectiveBackprop(3.0, seed=0)
-    trainer, summary = train(mnist1d, selector, epochs=3)
-    n = len(mnist1d.train)
-    kept_later = summary["samples_backpropagated"] - n
-    # First epoch whole; afterwards about E[p^3] = 1/4 of the samples (plus the floor).
-    assert 0.15 * 2 * n < kept_later < 0.4 * 2 * n
-    # Kept samples go in full batches of 64: one short remainder per selecting epoch.
-    later_steps = summary["optimizer_steps"] - math.ceil(n / 64)
-    assert later_steps - math.ceil(kept_later / 64) in (0, 1)
-    assert summary["samples_forwarded_fully"] == summary["samples_backpropagated"] + 2 * n
-    assert summary["final_exit_spearman"] == pytest.approx(1.0)
 
 
 # -- bad input --------------------------------------------------------------------
@@ -267,23 +127,11 @@ def test_selective_backprop_keeps_the_first_epoch_and_fills_full_batches(mnist1d
         (lambda: SIFT(0.5, head="mlp"), "'mlp'"),
         (lambda: SIFT(0.5, warmup_steps=-1), "warmup_steps=-1"),
         (lambda: RandomKeep(2.0), "ratio=2.0"),
-        (lambda: SelectiveBackprop(0.0), "beta=0.0"),
-        (lambda: SelectiveBackprop(3.0, min_prob=1.5), "min_prob=1.5"),
-        (lambda: SelectiveBackprop(3.0, history=0), "history=0"),
     ],
 )
 def test_bad_arguments_name_the_value(build, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
         build()
-
-
-def test_unknown_stage_names_the_stage(mnist1d):
-    model = make_model(mnist1d)
-    x, y = mnist1d.train.tensors[0][:8], mnist1d.train.tensors[1][:8]
-    with pytest.raises(ValueError, match="'stage9'.*stem, stage1, stage2, head"):
-        SIFT(0.5, stage="stage9", num_classes=10).select(model, x, y)
-    with pytest.raises(ValueError, match="use head='linear'"):
-        SIFT(0.5, stage="stem", head="reuse").select(model, x, y)
 
 
 def test_sift_on_the_masked_lm_reuses_its_head_after_layer1():
@@ -292,7 +140,7 @@ def test_sift_on_the_masked_lm_reuses_its_head_after_layer1():
 
     data = load_dataset("shakespeare", train_size=128, test_size=64)
     torch.manual_seed(0)
-    model = MLMTransformer(max_len=128, d_model=32, n_heads=2, n_layers=2)
+    model = MLMTransformer(data.num_classes, max_len=128, d_model=32, n_heads=2, n_layers=2)
     selector = SIFT(0.5)
     trainer = Trainer(
         model,
@@ -303,9 +151,9 @@ def test_sift_on_the_masked_lm_reuses_its_head_after_layer1():
         selector=selector,
     )
     summary = trainer.fit()
-    assert summary["selector"]["exit_stage"] == "layer1"
-    assert summary["selector"]["exit_head"] == "reuse"
-    assert summary["samples_backpropagated"] == 64
-    assert summary["samples_forwarded_partially"] == 128
-    assert -1 <= summary["final_exit_spearman"] <= 1
-    assert 0 < summary["final_test_accuracy"] < 1
+    assert summary.selector["exit_stage"] == "layer1"
+    assert summary.selector["exit_head"] == "reuse"
+    assert summary.samples_backpropagated == 64
+    assert summary.samples_forwarded_partially == 128
+    assert -1 <= summary.final_exit_spearman <= 1
+    assert 0 < summary.final_test_accuracy < 1

@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from sievetrain._rng import derive_seed
 from sievetrain.data import load_dataset
 from sievetrain.models import DEFAULT_MODEL, build_model
 from sievetrain.optim import build_optimizer
+from sievetrain.rng import derive_seed
 from sievetrain.sampling import SoftRandomSampler
+from sievetrain.selection import Selector
 from sievetrain.train import PHASES, TrainConfig, Trainer, lr_multiplier
 
 
@@ -39,8 +40,8 @@ def params(trainer):
 def test_learns_mnist1d(mnist1d):
     trainer = make_trainer(mnist1d, epochs=6)
     summary = trainer.fit()
-    assert summary["final_test_accuracy"] > 0.5  # chance is 0.1
-    losses = [h["train_loss"] for h in summary["history"]]
+    assert summary.final_test_accuracy > 0.5  # chance is 0.1
+    losses = [h["train_loss"] for h in summary.history]
     assert losses[-1] < 0.6 * losses[0]
 
 
@@ -51,39 +52,39 @@ def test_learns_mnist1d(mnist1d):
 def test_learns_fashion_mnist_subset():
     data = load_dataset("fashion-mnist", train_size=4000, test_size=1000)
     summary = make_trainer(data, epochs=2).fit()
-    assert summary["final_test_accuracy"] > 0.6  # chance is 0.1
+    assert summary.final_test_accuracy > 0.6  # chance is 0.1
 
 
 def test_accounting_counts_every_sample_and_step(mnist1d):
     trainer = make_trainer(mnist1d, ratio=0.3, epochs=3)
     summary = trainer.fit()
     m = trainer.sampler.subset_size
-    assert summary["samples_backpropagated"] == summary["samples_forwarded"] == 3 * m
-    assert summary["optimizer_steps"] == 3 * math.ceil(m / 64)
+    assert summary.samples_backpropagated == summary.samples_forwarded == 3 * m
+    assert summary.optimizer_steps == 3 * math.ceil(m / 64)
     n = len(mnist1d.train)
-    assert summary["coverage"] == pytest.approx(trainer.coverage.seen / n)
-    assert m / n <= summary["coverage"] <= min(1.0, 3 * m / n)
-    breakdown = summary["time_breakdown_s"]
+    assert summary.coverage == pytest.approx(trainer.coverage.seen / n)
+    assert m / n <= summary.coverage <= min(1.0, 3 * m / n)
+    breakdown = summary.time_breakdown_s
     assert set(breakdown) == set(PHASES)
     assert all(breakdown[p] > 0 for p in ("sampling", "data", "forward", "backward", "step"))
     # phases are timed inside the training loop, evaluation outside it
-    assert sum(breakdown.values()) <= summary["train_time_s"]
-    assert summary["eval_time_s"] > 0
-    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
-    assert summary["history"][-1]["train_time_s"] == summary["train_time_s"]
+    assert sum(breakdown.values()) <= summary.train_time_s
+    assert summary.eval_time_s > 0
+    assert [h["epoch"] for h in summary.history] == [1, 2, 3]
+    assert summary.history[-1]["train_time_s"] == summary.train_time_s
 
 
 def test_full_data_covers_everything_in_one_epoch(mnist1d):
     summary = make_trainer(mnist1d, epochs=1).fit()
-    assert summary["coverage"] == 1.0
-    assert summary["samples_backpropagated"] == len(mnist1d.train)
+    assert summary.coverage == 1.0
+    assert summary.samples_backpropagated == len(mnist1d.train)
 
 
 def test_same_seed_same_run_and_global_rng_untouched(mnist1d):
     torch.manual_seed(123)
     before = torch.get_rng_state()
     a, b = make_trainer(mnist1d, ratio=0.5), make_trainer(mnist1d, ratio=0.5)
-    ha, hb = a.fit()["history"], b.fit()["history"]
+    ha, hb = a.fit().history, b.fit().history
     assert [h["test_accuracy"] for h in ha] == [h["test_accuracy"] for h in hb]
     assert all(torch.equal(p, q) for p, q in zip(params(a), params(b), strict=True))
     assert torch.equal(torch.get_rng_state(), before)
@@ -102,13 +103,13 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(mnist1d):
     resumed.load_state_dict(state)
     summary = resumed.fit()
     assert all(torch.equal(p, q) for p, q in zip(params(straight), params(resumed), strict=True))
-    assert [h["test_accuracy"] for h in summary["history"]] == [
+    assert [h["test_accuracy"] for h in summary.history] == [
         h["test_accuracy"] for h in straight.history
     ]
-    assert summary["samples_backpropagated"] == straight.acct.samples_backpropagated
+    assert summary.samples_backpropagated == straight.acct.samples_backpropagated
 
 
-class KeepLabelZero:
+class KeepLabelZero(Selector):
     """Keeps only the samples of class 0: shows the hook's choice is applied."""
 
     def __init__(self):
@@ -133,9 +134,9 @@ def test_selector_hook_decides_what_is_backpropagated(mnist1d):
     trainer = make_trainer(mnist1d, epochs=1, selector=selector)
     summary = trainer.fit()
     zeros = int((mnist1d.train.tensors[1] == 0).sum())
-    assert summary["samples_backpropagated"] == zeros
+    assert summary.samples_backpropagated == zeros
     assert trainer.coverage.seen == zeros
-    assert summary["selector"] == {"calls": math.ceil(len(mnist1d.train) / 64)}
+    assert summary.selector == {"calls": math.ceil(len(mnist1d.train) / 64)}
 
 
 class PlainDataset(Dataset):
@@ -161,7 +162,7 @@ def test_any_map_style_dataset_trains_identically(mnist1d):
 
 def test_epoch_indexed_step_schedule_matches_the_paper_shape(mnist1d):
     config = TrainConfig(epochs=4, batch_size=256, schedule="step")
-    history = make_trainer(mnist1d, ratio=0.3, config=config).fit()["history"]
+    history = make_trainer(mnist1d, ratio=0.3, config=config).fit().history
     base = 0.05
     assert [h["lr"] for h in history] == pytest.approx([base, base, base * 0.1, base * 0.01])
 
@@ -206,4 +207,4 @@ def test_evaluate_reports_mean_normalized_entropy(mnist1d):
     assert metrics["test_entropy"] == pytest.approx(expected, rel=1e-5)
     assert 0 < metrics["test_entropy"] < 1
     assert trainer.history[-1]["test_entropy"] == pytest.approx(metrics["test_entropy"])
-    assert trainer.summary()["final_test_entropy"] == trainer.history[-1]["test_entropy"]
+    assert trainer.summary().final_test_entropy == trainer.history[-1]["test_entropy"]

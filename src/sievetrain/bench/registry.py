@@ -5,19 +5,23 @@ which samples of a batch are backpropagated (``selector``), or how the optimizer
 steps (``optimizer``). A run composes at most one method of each level with ``+``;
 a level left out takes its default (full data, keep every sample, SGD).
 
-Grammar of one method: ``NAME[:VALUE][/KEY=VALUE]...`` where VALUE is the method's
-main knob (e.g. the ratio of a sampler) and each ``/KEY=VALUE`` overrides one of
-its options, e.g. ``srs:0.1/interval=10+adam/lr=0.003``.
+Every method's options are one frozen dataclass (:class:`~sievetrain.options.Options`)
+that the library class takes as keywords: the registry holds no default of its
+own. Grammar of one method: ``NAME[:VALUE][/KEY=VALUE]...`` where VALUE sets the
+method's main option (its ``knob``, e.g. a sampler's ``ratio``) and each
+``/KEY=VALUE`` one of its options, e.g. ``srs:0.1/interval=10+adam/lr=0.003``.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+
+from sievetrain.options import ArgumentError, Options, RunContext
 
 __all__ = [
     "LEVELS",
@@ -27,7 +31,6 @@ __all__ = [
     "REGISTRY",
     "register",
     "parse_run",
-    "parse_value",
 ]
 
 Level = Literal["sampler", "selector", "optimizer"]
@@ -37,25 +40,40 @@ DEFAULTS: dict[Level, str | None] = {"sampler": "full", "selector": None, "optim
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method.
+    """A registered method: its options class, and how to build it for a run.
 
-    ``build`` receives ``(value, options, context)`` where ``context`` carries what
-    the level needs: for samplers ``n``, ``seed``, ``batch_size``, ``epochs``; for selectors
-    ``seed`` and ``num_classes``; for optimizers ``params`` and ``seed``.
+    ``build(options, context)`` returns the sampler, selector or optimizer (an
+    optimizer is built over ``context.model``'s parameters). ``pinned`` fixes some
+    options (``fixed`` is SRS with ``interval=0``); ``exposed`` lists the options a
+    user may set (default: all that are not pinned).
     """
 
     name: str
     level: Level
     summary: str
-    build: Callable[[float | None, dict[str, Any], dict[str, Any]], Any]
-    knob: str | None = None  # meaning of VALUE, e.g. "ratio"
-    default: float | None = None  # VALUE when none is written
-    options: Mapping[str, Any] = field(default_factory=dict)  # option -> default (gives the type)
+    options: type[Options]
+    build: Callable[[Any, RunContext], Any]
+    knob: str | None = None  # the option VALUE sets in NAME:VALUE, e.g. "ratio"
+    pinned: Mapping[str, Any] = field(default_factory=dict)
+    exposed: tuple[str, ...] | None = None
+    card: str | None = None  # the method card, docs/methods/<card>.md
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ValueError(f"unknown level {self.level!r} for method {self.name!r}")
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        names = self.options.names()
+        exposed = self.exposed if self.exposed is not None else names
+        object.__setattr__(self, "exposed", tuple(n for n in exposed if n not in self.pinned))
+        object.__setattr__(self, "pinned", MappingProxyType(dict(self.pinned)))
+        unknown = (set(self.pinned) | set(self.exposed) | {self.knob} - {None}) - set(names)
+        if unknown:
+            raise ValueError(f"method {self.name!r}: no option {sorted(unknown)[0]!r}")
+        if self.knob is not None and self.knob not in self.exposed:
+            raise ValueError(f"method {self.name!r}: its knob {self.knob!r} is not exposed")
+
+    def defaults(self) -> Options:
+        """The options a run of this method has when it sets none."""
+        return self.options(**self.pinned)
 
 
 REGISTRY: dict[str, Method] = {}
@@ -71,17 +89,33 @@ def register(method: Method) -> Method:
 
 @dataclass(frozen=True)
 class Component:
-    """One method of a run with its knob and resolved options."""
+    """One method of a run with its resolved options."""
 
     method: Method
-    value: float | None
-    options: Mapping[str, Any]
+    options: Options
 
-    def build(self, **context: Any) -> Any:
-        return self.method.build(self.value, dict(self.options), context)
+    @property
+    def value(self) -> Any:
+        """The knob's value (e.g. the ratio), None for a method without one."""
+        return getattr(self.options, self.method.knob) if self.method.knob else None
+
+    def build(self, context: RunContext) -> Any:
+        return self.method.build(self.options, context)
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method.name, "value": self.value, "options": dict(self.options)}
+        options = {k: v for k, v in self.options.to_dict().items() if k != self.method.knob}
+        return {"method": self.method.name, "value": self.value, "options": options}
+
+    def settable(self, key: str) -> bool:
+        """Whether ``--set key=...`` reaches this component (``key`` or ``name/key``)."""
+        name, _, option = key.rpartition("/")
+        return option in self.method.exposed and name in ("", self.method.name)
+
+    def set(self, key: str, raw: str) -> Component:
+        """This component with option ``key`` (``name/key`` too) parsed from ``raw``."""
+        option = key.rpartition("/")[2]
+        value = self.options.parse(option, raw)
+        return Component(self.method, dataclasses.replace(self.options, **{option: value}))
 
 
 @dataclass(frozen=True)
@@ -97,29 +131,24 @@ class RunSpec:
         return [c for c in (self.sampler, self.selector, self.optimizer) if c is not None]
 
     def describe(self) -> dict[str, Any]:
-        return {
-            level: c.describe()
-            for level, c in zip(LEVELS, self._by_level(), strict=True)
-            if c is not None
-        }
-
-    def _by_level(self) -> tuple[Component | None, ...]:
-        return (self.sampler, self.selector, self.optimizer)
+        return {c.method.level: c.describe() for c in self.components()}
 
 
 def parse_run(
     text: str,
-    overrides: Mapping[str, str] | None = None,
+    sets: Mapping[str, str] | None = None,
     defaults: Mapping[str, str] | None = None,
 ) -> RunSpec:
-    """Parse ``a+b+c`` into a ``RunSpec``; ``overrides`` (from ``--set``) apply to
-    every component that has the option, or whose knob has that name (e.g.
-    ``sampling_rate``). ``defaults`` maps a level to the method a run without one
-    of that level takes (e.g. ``{"optimizer": "stochgradadam"}``).
+    """Parse ``a+b+c`` into a ``RunSpec``.
+
+    ``sets`` (the CLI's ``--set``) map ``KEY`` or ``NAME/KEY`` to a value written as
+    text; each applies to the component of the run that has that option. ``defaults``
+    maps a level to the method a run without one of that level takes (e.g.
+    ``{"optimizer": "stochgradadam"}``).
 
     Raises:
-        ValueError: naming an unknown method or option, a bad value, or two methods
-            of one level.
+        ValueError: naming an unknown method or option, a bad value, two methods of
+            one level, or an override that more than one component of the run has.
     """
     text = text.strip()
     if not text:
@@ -148,13 +177,19 @@ def parse_run(
                 )
             if name != DEFAULTS[level]:  # a run's label names what it runs
                 text = f"{text}+{name}"
-    for key, raw in (overrides or {}).items():
-        for level, comp in chosen.items():
-            if key in comp.method.options:
-                chosen[level] = _with_option(comp, key, raw)
-            elif key == comp.method.knob:
-                value = _to_float(raw, f"{comp.method.name} {key}")
-                chosen[level] = Component(comp.method, value, comp.options)
+    for key, raw in (sets or {}).items():
+        hits = [level for level, c in chosen.items() if c.settable(key)]
+        if len(hits) > 1:
+            option = key.rpartition("/")[2]
+            names = [chosen[level].method.name for level in hits]
+            forms = " or ".join(f"{name}/{option}={raw}" for name in names)
+            raise ArgumentError(
+                f"{{sets}} {key}={raw} is ambiguous in {text!r}: {' and '.join(names)} both "
+                f"have an option {option!r}; write {forms}",
+                sets="sets:",
+            )
+        for level in hits:
+            chosen[level] = chosen[level].set(key, raw)
     return RunSpec(text, chosen["sampler"], chosen.get("selector"), chosen["optimizer"])
 
 
@@ -166,52 +201,17 @@ def _parse_component(part: str, whole: str) -> Component:
             f"unknown method {name!r} in {whole!r}; known: {', '.join(sorted(REGISTRY))}"
         )
     method = REGISTRY[name]
-    value = method.default
+    values: dict[str, Any] = {}
     if sep:
         if method.knob is None:
             raise ValueError(f"method {name!r} takes no value, got {raw_value!r}")
-        value = _to_float(raw_value, f"{name} {method.knob}")
-    comp = Component(method, value, method.options)
+        values[method.knob] = method.options.parse(method.knob, raw_value)
     for assignment in assignments:
         key, eq, raw = assignment.partition("=")
         if not eq:
             raise ValueError(f"expected KEY=VALUE after '/' in {part!r}, got {assignment!r}")
-        if key not in method.options:
-            known = ", ".join(method.options) or "none"
+        if key not in method.exposed:
+            known = ", ".join(method.exposed) or "none"
             raise ValueError(f"unknown option {key!r} for method {name!r}; its options: {known}")
-        comp = _with_option(comp, key, raw)
-    return comp
-
-
-def _with_option(comp: Component, key: str, raw: str) -> Component:
-    value = parse_value(raw, comp.method.options[key], f"{comp.method.name} option {key}")
-    return Component(comp.method, comp.value, {**comp.options, key: value})
-
-
-def parse_value(raw: str, like: Any, what: str) -> Any:
-    """Convert the string ``raw`` to the type of ``like`` (bool, int, float or str)."""
-    raw = raw.strip()
-    if isinstance(like, bool):
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"invalid {what}={raw!r}: expected true or false")
-    if isinstance(like, int):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"invalid {what}={raw!r}: expected an integer") from None
-    if isinstance(like, float) or like is None:
-        return _to_float(raw, what)
-    return raw
-
-
-def _to_float(raw: str, what: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"invalid {what}={raw!r}: expected a number") from None
-    if math.isinf(value):
-        raise ValueError(f"invalid {what}={raw!r}: must be finite")
-    return value
+        values[key] = method.options.parse(key, raw)
+    return Component(method, method.options(**{**method.pinned, **values}))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sievetrain._io import atomic_write_bytes, atomic_write_text
+from sievetrain.files import atomic_write_bytes, atomic_write_text
 from sievetrain.train import time_to_target
 
 __all__ = [

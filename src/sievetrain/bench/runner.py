@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +20,17 @@ from typing import Any
 import torch
 
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
-from sievetrain._io import append_jsonl, atomic_torch_save, read_jsonl
-from sievetrain._rng import derive_seed
-from sievetrain.bench.registry import RunSpec, parse_run, parse_value
+from sievetrain.bench.registry import RunSpec, parse_run
 from sievetrain.data import DataSplit
-from sievetrain.models import DEFAULT_MODEL, build_model
+from sievetrain.files import append_jsonl, atomic_torch_save, load_torch, read_jsonl
+from sievetrain.models import DEFAULT_MODEL, build_model, check_model
+from sievetrain.options import ArgumentError, RunContext, parse_typed
+from sievetrain.rng import derive_seed
 from sievetrain.train import TrainConfig, Trainer, environment
 
-__all__ = ["Bench", "check_output", "prepare", "run_one", "run_bench", "RESULTS"]
+__all__ = ["Bench", "build_trainer", "check_output", "prepare", "run_one", "run_bench", "RESULTS"]
 
 RESULTS = "results.jsonl"
-CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass(frozen=True)
@@ -56,49 +57,57 @@ def prepare(
     """Resolve and validate everything before any training starts, so that bad
     input fails in a second, not after an hour of runs.
 
-    ``sets`` are ``--set KEY=VALUE`` overrides: training-config fields, or options
-    (or knobs) of the methods, applied to every run whose methods have them.
+    Validation builds no training component: options are checked by their
+    dataclasses, against the run by ``Options.check`` (dataset and batch size);
+    the one check that needs a model (an early exit that fits) gets one model,
+    built once.
+
+    ``sets`` map ``KEY`` (or ``NAME/KEY``) to a value written as text: training-config
+    fields, or options of the methods, applied to every run whose methods have them.
     ``optimizer`` is the optimizer-level method of runs that name none (default sgd).
     """
     if not seeds:
-        raise ValueError("no seeds given: pass at least one, e.g. --seeds 0")
+        raise ArgumentError("no seeds given: pass at least one seed in {seeds}", seeds="seeds=")
     if not methods:
-        raise ValueError("no methods given")
+        raise ArgumentError("no methods given: pass at least one in {methods}", methods="methods=")
     if len(data.train) == 0:
         raise ValueError(f"dataset {data.name!r} has no training samples")
     sets = dict(sets or {})
+    fields = {info.name: info for info in TrainConfig.describe()}
     config = config.replace(
-        **{k: parse_value(v, getattr(config, k), k) for k, v in sets.items() if k in CONFIG_KEYS}
+        **{k: parse_typed(v, fields[k].type, k) for k, v in sets.items() if k in fields}
     )
-    method_sets = {k: v for k, v in sets.items() if k not in CONFIG_KEYS}
+    method_sets = {k: v for k, v in sets.items() if k not in fields}
     defaults = {"optimizer": optimizer} if optimizer is not None else None
     runs = tuple(parse_run(m, method_sets, defaults) for m in methods)
-    settable = {
-        key
-        for run in runs
-        for c in run.components()
-        for key in (*c.method.options, *([c.method.knob] if c.method.knob else []))
-    }
     for key in method_sets:
-        if key not in settable:
-            known = sorted(CONFIG_KEYS | settable)
-            raise ValueError(
-                f"--set {key}: no run has an option {key!r}; known: {', '.join(known)}"
+        if not any(c.settable(key) for run in runs for c in run.components()):
+            known = sorted(
+                {*fields, *(o for run in runs for c in run.components() for o in c.method.exposed)}
+            )
+            raise ArgumentError(
+                f"{{sets}} {key}: no run has an option {key!r}; known: {', '.join(known)}",
+                sets="sets:",
             )
     if len({r.label for r in runs}) != len(runs):
         raise ValueError(f"a method is listed twice in {list(methods)}")
     model = model or DEFAULT_MODEL[data.name]
-    with torch.random.fork_rng(devices=[]):
-        net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
-    probe = [torch.nn.Parameter(torch.zeros(1))]
-    x, y = data.train[:2]  # two samples: batch norm in training mode needs more than one
-    for run in runs:  # building once validates ratios, subset sizes and optimizer options
-        run.sampler.build(
-            n=len(data.train), seed=0, batch_size=config.batch_size, epochs=config.epochs
-        )
-        run.optimizer.build(params=probe, seed=0)
-        if run.selector is not None:  # one selection on a throwaway model checks exits
-            run.selector.build(seed=0, num_classes=data.num_classes).select(net, x, y)
+    context = RunContext(
+        n=len(data.train),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        num_classes=data.num_classes,
+    )
+    if any(c.options.needs_model for run in runs for c in run.components()):
+        with torch.random.fork_rng(devices=[]):
+            net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
+        # Two samples: batch norm in training mode needs more than one.
+        context = dataclasses.replace(context, model=net, sample=data.train[:2])
+    else:  # still check that the model exists and takes the data
+        check_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
+    for run in runs:
+        for component in run.components():
+            component.options.check(context)
     return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
 
 
@@ -119,6 +128,35 @@ def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def build_trainer(bench: Bench, run: RunSpec, seed: int, *, progress: bool = False) -> Trainer:
+    """The trainer of one (method, seed), before any training."""
+    data, config = bench.data, bench.config
+    with torch.random.fork_rng(devices=[]):
+        # Model init from an owned seed, leaving the caller's global RNG untouched.
+        torch.manual_seed(derive_seed(seed, "init"))
+        model = build_model(bench.model, num_classes=data.num_classes, input_shape=data.input_shape)
+    model = model.to(config.device)
+    context = RunContext(
+        n=len(data.train),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        num_classes=data.num_classes,
+        seed=seed,
+        model=model,
+    )
+    return Trainer(
+        model,
+        run.optimizer.build(context),
+        data.train,
+        data.test,
+        config=config,
+        sampler=run.sampler.build(context),
+        selector=run.selector.build(context) if run.selector is not None else None,
+        seed=seed,
+        progress=progress,
+    )
+
+
 def run_one(
     bench: Bench,
     run: RunSpec,
@@ -128,35 +166,28 @@ def run_one(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one (method, seed) and return its result record."""
-    data, config = bench.data, bench.config
-    with torch.random.fork_rng(devices=[]):
-        # Model init from an owned seed, leaving the caller's global RNG untouched.
-        torch.manual_seed(derive_seed(seed, "init"))
-        model = build_model(bench.model, num_classes=data.num_classes, input_shape=data.input_shape)
-    model = model.to(config.device)
-    trainer = Trainer(
-        model,
-        run.optimizer.build(params=model.parameters(), seed=seed),
-        data.train,
-        data.test,
-        config=config,
-        sampler=run.sampler.build(
-            n=len(data.train), seed=seed, batch_size=config.batch_size, epochs=config.epochs
-        ),
-        selector=(
-            run.selector.build(seed=seed, num_classes=data.num_classes)
-            if run.selector is not None
-            else None
-        ),
-        seed=seed,
-        progress=progress,
-    )
+    """Train one (method, seed) and return its result record.
+
+    With ``checkpoint``, the trainer's state is written there atomically after every
+    epoch, and a checkpoint already there is resumed from when it belongs to this
+    run; one of another run is ignored with a warning (the run starts afresh).
+
+    Raises:
+        CheckpointError: the checkpoint cannot be loaded safely (it would run code,
+            is truncated or is no torch file); nothing in it was executed.
+    """
+    trainer = build_trainer(bench, run, seed, progress=progress)
     key = run_key(bench, run, seed)
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        if state.get("run_key") == key:
+        state = load_torch(checkpoint)
+        if isinstance(state, dict) and state.get("run_key") == key:
             trainer.load_state_dict(state["trainer"])
+        else:
+            warnings.warn(
+                f"{str(checkpoint)!r} is not a checkpoint of this run "
+                f"({run.label}, seed {seed}): ignored, the run starts afresh",
+                stacklevel=2,
+            )
 
     def after_epoch(t: Trainer) -> None:
         if checkpoint is not None:
@@ -165,6 +196,7 @@ def run_one(
             on_epoch(t.history[-1])
 
     summary = trainer.fit(on_epoch_end=after_epoch)
+    data, config = bench.data, bench.config
     return {
         "run_key": key,
         "method": run.label,
@@ -174,7 +206,7 @@ def run_one(
         "epochs": config.epochs,
         "train_size": len(data.train),
         "test_size": len(data.test),
-        **summary,
+        **summary.to_dict(),
         "config": {"train": config.to_dict(), "methods": run.describe()},
         "environment": environment(),
     }
@@ -217,13 +249,24 @@ def run_bench(
 
 
 def check_output(out: Path, *, resume: bool) -> list[dict[str, Any]]:
-    """Finished records in ``out``; refuses to mix a new bench into old results."""
+    """Finished records in ``out``; refuses to mix a new bench into old results, and,
+    when resuming, any checkpoint there that cannot be loaded safely.
+
+    Raises:
+        ArgumentError: ``out`` holds results and ``resume`` is False.
+        CheckpointError: naming a checkpoint in ``out`` that would run code, is
+            truncated or is no torch file (nothing in it was executed).
+    """
     done = read_jsonl(out / RESULTS)
     if done and not resume:
-        raise ValueError(
-            f"{str(out)!r} already holds results of {len(done)} runs: pass --resume to "
-            "continue them, or choose another output directory"
+        raise ArgumentError(
+            f"{str(out)!r} already holds results of {len(done)} runs: pass {{resume}} to "
+            "continue them, or choose another output directory",
+            resume="resume=True",
         )
+    if resume:
+        for checkpoint in sorted((out / "checkpoints").glob("*.pt")):
+            load_torch(checkpoint)
     return done
 
 

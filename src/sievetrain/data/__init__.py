@@ -2,7 +2,6 @@
 
 from sievetrain.data.datasets import (
     DATASETS,
-    DataSplit,
     cache_dir,
     load_dataset,
     load_fashion_mnist,
@@ -10,6 +9,7 @@ from sievetrain.data.datasets import (
 )
 from sievetrain.data.loader import BatchLoader, make_loader
 from sievetrain.data.shakespeare import IGNORE_INDEX, VOCAB_SIZE, load_shakespeare, mask_tokens
+from sievetrain.data.split import DataSplit
 
 __all__ = [
     "DATASETS",

@@ -10,14 +10,16 @@ import os
 import pathlib
 import random
 import urllib.request
-from dataclasses import dataclass
 
 import numpy as np
 import platformdirs
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain._io import atomic_torch_save, atomic_write_bytes
+from sievetrain.data.shakespeare import load_shakespeare
+from sievetrain.data.split import DataSplit
+from sievetrain.files import atomic_torch_save, atomic_write_bytes
+from sievetrain.options import ArgumentError
 
 __all__ = [
     "DATASETS",
@@ -44,29 +46,6 @@ FASHION_MNIST_FILES: dict[str, str] = {
 }
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of pixel/255 over the train set
 _DOWNLOAD_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class DataSplit:
-    """A dataset's train and test parts, held in memory.
-
-    Attributes:
-        name: Dataset name, one of :data:`DATASETS`.
-        train: ``TensorDataset(x, y)``: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)``;
-            for a token dataset (``"shakespeare"``), ``x`` is int64 token ids ``(N, T)`` and
-            ``y`` int64 ``(N, T)`` token targets, ``IGNORE_INDEX`` (-100) where there is no
-            target (positions not masked).
-        test: Same layout as ``train``.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``. For a token
-            dataset, the vocabulary size.
-        input_shape: Shape of one sample: ``(1, 40)``, ``(1, 28, 28)`` or ``(T,)`` tokens.
-    """
-
-    name: str
-    train: TensorDataset
-    test: TensorDataset
-    num_classes: int
-    input_shape: tuple[int, ...]
 
 
 def cache_dir() -> pathlib.Path:
@@ -103,9 +82,6 @@ def load_dataset(
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, train_size=train_size, test_size=test_size)
     if name == "shakespeare":
-        # Imported here: shakespeare imports DataSplit from this module.
-        from sievetrain.data.shakespeare import load_shakespeare
-
         return load_shakespeare(train_size, test_size)  # None: all sequences
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
@@ -248,9 +224,10 @@ def _find_fashion_mnist(
     if data_dir is not None:
         folder = pathlib.Path(data_dir)
         if not _has_all_files(folder):
-            raise ValueError(
-                f"data_dir {str(folder)!r} does not hold the four Fashion-MNIST IDX files "
-                f"({', '.join(FASHION_MNIST_FILES)}, optionally .gz)"
+            raise ArgumentError(
+                f"{{data_dir}} {str(folder)!r} does not hold the four Fashion-MNIST IDX files "
+                f"({', '.join(FASHION_MNIST_FILES)}, optionally .gz)",
+                data_dir="data_dir",
             )
         return folder
     cached = cache_dir() / "fashion-mnist"
@@ -265,12 +242,13 @@ def _find_fashion_mnist(
             return cached
         except OSError as error:  # URLError, HTTPError, timeouts, disk errors
             reason = f"download from {url!r} failed: {error}"
-    raise ValueError(
+    raise ArgumentError(
         f"Fashion-MNIST not found ({reason}). Get it one of three ways: "
         "(1) install the Debian package dataset-fashion-mnist "
         f"(files in {DEBIAN_FASHION_MNIST_DIR}); "
-        "(2) pass --data-dir (data_dir=) a folder holding the four IDX files; "
-        "(3) allow the download, or set SIEVETRAIN_FASHION_MNIST_URL to a mirror."
+        "(2) pass {data_dir} a folder holding the four IDX files; "
+        "(3) allow the download, or set SIEVETRAIN_FASHION_MNIST_URL to a mirror.",
+        data_dir="data_dir=",
     )
 
 

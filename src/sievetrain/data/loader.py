@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from sievetrain._rng import make_generator
+from sievetrain.rng import make_generator
 
 __all__ = ["BatchLoader", "make_loader"]
 

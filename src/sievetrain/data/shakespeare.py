@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain._rng import make_generator
-from sievetrain.data.datasets import DataSplit
+from sievetrain.data.split import DataSplit
 from sievetrain.losses import IGNORE_INDEX  # target at unselected positions
+from sievetrain.rng import make_generator
 
 __all__ = [
     "IGNORE_INDEX",

@@ -19,6 +19,7 @@ __all__ = [
     "StagedSequential",
     "VGG8",
     "build_model",
+    "check_model",
 ]
 
 # Model name -> constructor taking (num_classes=, in_channels=), or other arguments
@@ -55,6 +56,18 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) ->
         ValueError: Unknown ``name``, ``num_classes`` <= 0, or an ``input_shape``
             with the wrong number of dimensions for the model.
     """
+    factory = check_model(name, num_classes=num_classes, input_shape=input_shape)
+    # A model whose first input dimension is not channels says what it takes instead.
+    shape_kwargs = getattr(factory, "shape_kwargs", _channels_first)
+    return factory(num_classes=num_classes, **shape_kwargs(tuple(input_shape)))
+
+
+def check_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) -> Callable:
+    """The constructor of model ``name``, once the arguments are checked (nothing is built).
+
+    Raises:
+        ValueError: as :func:`build_model`.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
     if num_classes <= 0:
@@ -66,9 +79,7 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...]) ->
             f"model {name!r} takes samples with {ndim} dimensions (channels first), "
             f"got input_shape={tuple(input_shape)}"
         )
-    # A model whose first input dimension is not channels says what it takes instead.
-    shape_kwargs = getattr(factory, "shape_kwargs", _channels_first)
-    return factory(num_classes=num_classes, **shape_kwargs(tuple(input_shape)))
+    return factory
 
 
 def _channels_first(input_shape: tuple[int, ...]) -> dict[str, int]:

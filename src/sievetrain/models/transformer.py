@@ -15,7 +15,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from sievetrain.data.shakespeare import VOCAB_SIZE
 from sievetrain.models.cnn import StagedSequential
 
 __all__ = ["MLMTransformer", "TokenEmbedding"]
@@ -66,7 +65,8 @@ class MLMTransformer(StagedSequential):
     Args:
         num_classes: Vocabulary size ``V``: both the token ids taken and the logits
             given (``num_classes`` so that :func:`~sievetrain.models.build_model`
-            builds it like the classifiers).
+            builds it like the classifiers); the data's, e.g.
+            ``sievetrain.data.VOCAB_SIZE`` for ``shakespeare``.
         max_len: Longest input sequence ``T``; the dataset's ``seq_len``.
         d_model: Width ``d``.
         n_heads: Attention heads; must divide ``d_model``.
@@ -77,7 +77,7 @@ class MLMTransformer(StagedSequential):
 
     def __init__(
         self,
-        num_classes: int = VOCAB_SIZE,
+        num_classes: int,
         max_len: int = 128,
         *,
         d_model: int = 64,

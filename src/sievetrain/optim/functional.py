@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,8 +83,8 @@ def stochgradadam(
     beta2: float,
     eps: float,
     weight_decay: float,
-    masked_state: str = "decay",
-    scale: float = 1.0,
+    masked_state: str,
+    scale: float,
 ) -> None:
     """One StochGradAdam step, in place on ``params`` and the state tensors.
 
@@ -111,14 +112,28 @@ def stochgradadam(
     )
 
 
-def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
-    lr, beta1, beta2, eps, scale = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["scale"]
+def _single_tensor(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    masks: list[Tensor] | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    freeze: bool,
+    scale: float,
+) -> None:
     for i, param in enumerate(params):
         grad, m, v, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         keep = masks[i] if masks is not None else None  # ω
         step_t += 1
-        if hp["weight_decay"] != 0:
-            grad = grad.add(param, alpha=hp["weight_decay"])
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
         step = step_t.item()
         step_size = lr / (1 - beta1**step)
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
@@ -127,7 +142,7 @@ def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **h
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
             param.addcdiv_(m, denom, value=-step_size)
-        elif hp["freeze"]:
+        elif freeze:
             # Kept entries: Adam's update; masked entries: moments and parameter untouched.
             if scale != 1:
                 grad = grad * scale
@@ -146,7 +161,8 @@ def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **h
             param.addcdiv_(m, denom, value=-step_size)
 
 
-def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
+def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp: Any) -> None:
+    # The hyperparameters pass through untouched to _multi_tensor_group.
     # foreach kernels take lists on one device and of one dtype.
     groups = _by_device_and_dtype(params)
     lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps, masks)
@@ -159,13 +175,27 @@ def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp
         )
 
 
-def _multi_tensor_group(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp) -> None:
+def _multi_tensor_group(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    masks: list[Tensor] | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    freeze: bool,
+    scale: float,
+) -> None:
     # The same operations as _single_tensor, in the same order, on lists.
-    lr, beta1, beta2, eps, scale = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["scale"]
     # One CPU scalar tensor rather than a Python 1 wrapped again for every step count.
     torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
-    if hp["weight_decay"] != 0:
-        grads = torch._foreach_add(grads, params, alpha=hp["weight_decay"])
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
     steps = [s.item() for s in state_steps]
     step_sizes = [-lr / (1 - beta1**step) for step in steps]
     bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
@@ -175,7 +205,7 @@ def _multi_tensor_group(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
         del grads  # before the denominator takes its own buffer
         denom = torch._foreach_sqrt(exp_avg_sqs)
-    elif hp["freeze"]:
+    elif freeze:
         if scale != 1:
             grads = torch._foreach_mul(grads, scale)
         diff = torch._foreach_sub(grads, exp_avgs)

@@ -11,19 +11,42 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sievetrain._rng import derive_seed
+from sievetrain.optim.baselines import AdamOptions
 from sievetrain.optim.functional import MASK_BITS, draw_masks, stochgradadam
+from sievetrain.options import option
+from sievetrain.rng import derive_seed
 
-__all__ = ["StochGradAdam", "MASKS", "MASKED_STATES"]
+__all__ = ["StochGradAdam", "StochGradAdamOptions"]
 
-MASKS = ("element", "tensor")
-MASKED_STATES = ("decay", "freeze")
+
+@dataclass(frozen=True)
+class StochGradAdamOptions(AdamOptions):
+    """StochGradAdam's options: Adam's, and the gradient sampling's (the keywords of
+    :class:`StochGradAdam`, the options of the ``stochgradadam`` method)."""
+
+    sampling_rate: float = option(0.8, "s: probability that a gradient entry is used, in (0, 1]")
+    mask: Literal["element", "tensor"] = option(
+        "element", "one draw per gradient entry (paper), or per parameter tensor"
+    )
+    masked_state: Literal["decay", "freeze"] = option(
+        "decay", "a masked entry is a zero gradient (paper), or skipped: moments untouched"
+    )
+    rescale: bool = option(False, "divide kept entries by s, an unbiased estimate (not in paper)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.sampling_rate
+        if not 0 < s <= 1:
+            raise ValueError(f"invalid sampling_rate={s!r}: must be in (0, 1]")
+        if round(s * 2**MASK_BITS) == 0:
+            raise ValueError(f"invalid sampling_rate={s!r}: below the mask resolution 2**-16")
 
 
 class StochGradAdam(Optimizer):
@@ -50,22 +73,24 @@ class StochGradAdam(Optimizer):
     offered because which one the paper used could not be confirmed:
 
     Args:
-        params: parameters or parameter groups, as for any torch optimizer.
-        lr: learning rate (per step).
-        betas: :math:`(\beta_1, \beta_2)`, decay rates of the moment estimates.
-        eps: :math:`\epsilon`, added to the denominator.
-        weight_decay: :math:`\lambda`, coupled L2 added to the gradient before masking.
-        sampling_rate: :math:`s`, the probability that an entry (or a tensor) is
-            used at a step, in (0, 1]. Each entry's draw uses 16 random bits, so
-            the realised rate is ``round(s * 65536) / 65536`` (within 7.7e-6 of s).
-        mask: ``"element"`` (paper): one draw per gradient entry; ``"tensor"``: one
-            draw per parameter tensor, which then is used or skipped whole.
-        masked_state: ``"decay"`` (paper): a masked entry counts as a zero
-            gradient, so its moments decay and its parameter still moves by the
-            decayed momentum; ``"freeze"``: a masked entry is skipped this step,
-            moments and parameter untouched (lazy, as ``torch.optim.SparseAdam``).
-        rescale: divide the kept entries by :math:`s` so that :math:`\hat g` is an
-            unbiased estimate of :math:`g` (ours; the paper does not rescale).
+        params: parameters or parameter groups, as for any torch optimizer; a
+            group may override any hyperparameter.
+        **hyperparameters: the fields of :class:`StochGradAdamOptions`, which are
+            lr: learning rate (per step).
+            betas: :math:`(\beta_1, \beta_2)`, decay rates of the moment estimates.
+            eps: :math:`\epsilon`, added to the denominator.
+            weight_decay: :math:`\lambda`, coupled L2 added to the gradient before masking.
+            sampling_rate: :math:`s`, the probability that an entry (or a tensor) is
+                used at a step, in (0, 1]. Each entry's draw uses 16 random bits, so
+                the realised rate is ``round(s * 65536) / 65536`` (within 7.7e-6 of s).
+            mask: ``"element"`` (paper): one draw per gradient entry; ``"tensor"``: one
+                draw per parameter tensor, which then is used or skipped whole.
+            masked_state: ``"decay"`` (paper): a masked entry counts as a zero
+                gradient, so its moments decay and its parameter still moves by the
+                decayed momentum; ``"freeze"``: a masked entry is skipped this step,
+                moments and parameter untouched (lazy, as ``torch.optim.SparseAdam``).
+            rescale: divide the kept entries by :math:`s` so that :math:`\hat g` is an
+                unbiased estimate of :math:`g` (ours; the paper does not rescale).
         seed: seeds the mask stream; None draws one from the OS. Each device gets
             its own generator, seeded from (seed, device type): the same seed on
             every rank of a data-parallel job draws the same masks, so the
@@ -79,32 +104,15 @@ class StochGradAdam(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        sampling_rate: float = 0.8,
         *,
-        mask: str = "element",
-        masked_state: str = "decay",
-        rescale: bool = False,
         seed: int | None = None,
         foreach: bool | None = None,
+        **hyperparameters: Any,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            sampling_rate=sampling_rate,
-            mask=mask,
-            masked_state=masked_state,
-            rescale=rescale,
-            foreach=foreach,
-        )
-        super().__init__(params, defaults)
-        for group in self.param_groups:  # the defaults, and any per-group overrides
-            _validate(group)
+        defaults = StochGradAdamOptions(**hyperparameters).to_dict()
+        super().__init__(params, {**defaults, "foreach": foreach})
+        for group in self.param_groups:  # any per-group override is checked too
+            StochGradAdamOptions(**{name: group[name] for name in defaults})
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
         self._generators: dict[str, torch.Generator] = {}
 
@@ -190,26 +198,3 @@ class StochGradAdam(Optimizer):
         self._generators = {}
         for key, generator_state in generators.items():
             self._generator(torch.device(key)).set_state(generator_state)
-
-
-def _validate(options: dict[str, Any]) -> None:
-    lr, eps, wd, s = (options[k] for k in ("lr", "eps", "weight_decay", "sampling_rate"))
-    if not lr >= 0:  # "not >=" also rejects NaN
-        raise ValueError(f"invalid learning rate lr={lr!r}: must be >= 0")
-    if not eps >= 0:
-        raise ValueError(f"invalid eps={eps!r}: must be >= 0")
-    if not wd >= 0:
-        raise ValueError(f"invalid weight_decay={wd!r}: must be >= 0")
-    betas = options["betas"]
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ValueError(f"invalid betas={tuple(betas)!r}: each must be in [0, 1)")
-    if not 0 < s <= 1:
-        raise ValueError(f"invalid sampling_rate={s!r}: must be in (0, 1]")
-    if round(s * 2**MASK_BITS) == 0:
-        raise ValueError(f"invalid sampling_rate={s!r}: below the mask resolution 2**-16")
-    if options["mask"] not in MASKS:
-        raise ValueError(f"unknown mask {options['mask']!r}; known: {', '.join(MASKS)}")
-    if options["masked_state"] not in MASKED_STATES:
-        raise ValueError(
-            f"unknown masked_state {options['masked_state']!r}; known: {', '.join(MASKED_STATES)}"
-        )

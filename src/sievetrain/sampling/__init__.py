@@ -1,16 +1,23 @@
 """Epoch-level sampling: which samples an epoch trains on (Soft Random Sampling, the
 GRAD-MATCH coreset) and coverage."""
 
+from sievetrain.sampling.base import EpochSampler
 from sievetrain.sampling.coverage import (
     CoverageTracker,
     expected_coverage,
     expected_epochs_to_full_coverage,
 )
-from sievetrain.sampling.gradmatch import GradMatchSampler, gradmatch_select, warm_start_schedule
+from sievetrain.sampling.gradmatch import (
+    GradMatchOptions,
+    GradMatchSampler,
+    gradmatch_select,
+    warm_start_schedule,
+)
 from sievetrain.sampling.last_layer import batch_gradients, last_layer_gradient
 from sievetrain.sampling.omp import nonnegative_omp
 from sievetrain.sampling.srs import (
     SoftRandomSampler,
+    SRSOptions,
     batch_partition,
     selection_round,
     soft_random_indices,
@@ -19,6 +26,9 @@ from sievetrain.sampling.srs import (
 
 __all__ = [
     "CoverageTracker",
+    "EpochSampler",
+    "GradMatchOptions",
+    "SRSOptions",
     "GradMatchSampler",
     "batch_gradients",
     "gradmatch_select",

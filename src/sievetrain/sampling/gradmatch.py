@@ -17,19 +17,52 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sievetrain._rng import make_generator
-from sievetrain.sampling._epochs import EpochSampler, as_int, check_same_config
+from sievetrain.options import Options, RunContext, option
+from sievetrain.rng import make_generator
+from sievetrain.sampling.base import EpochSampler, as_int, check_same_config
 from sievetrain.sampling.last_layer import batch_gradients
 from sievetrain.sampling.omp import check_omp_options, nonnegative_omp
-from sievetrain.sampling.srs import _round_ratio, batch_partition, selection_round
+from sievetrain.sampling.srs import batch_partition, selection_round, subset_size
 from sievetrain.sampling.srs import soft_random_indices as _full_data_indices
 
-__all__ = ["GradMatchSampler", "gradmatch_select", "warm_start_schedule"]
+__all__ = ["GradMatchOptions", "GradMatchSampler", "gradmatch_select", "warm_start_schedule"]
+
+
+@dataclass(frozen=True)
+class GradMatchOptions(Options):
+    """GRAD-MATCH's options: the keywords of :class:`GradMatchSampler`, the options of
+    the ``gradmatch`` method."""
+
+    ratio: float = option(0.3, "r: fraction of the full batches chosen, in (0, 1]")
+    interval: int = option(1, "R: epochs of subset training between selections; 0 = select once")
+    kappa: float = option(0.5, "κ: warm-start fraction in [0, 1): full, then skipped epochs")
+    lam: float = option(0.0, "λ: OMP ridge regularisation, >= 0")
+    eps: float = option(1e-6, "ε: OMP stops when the residual is below ε·‖target‖")
+    match: bool = option(True, "false: random batches of weight 1 (ablation of the matching)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.ratio <= 1:  # NaN lands here too
+            raise ValueError(f"ratio must be a number in (0, 1], got {self.ratio!r}")
+        as_int("interval", self.interval, 0)
+        if not 0 <= self.kappa < 1:
+            raise ValueError(f"kappa must be in [0, 1), got {self.kappa!r}")
+        check_omp_options(self.lam, self.eps)
+
+    def check(self, context: RunContext) -> None:
+        _Plan(
+            n=context.n,
+            batch_size=context.batch_size,
+            epochs=context.epochs,
+            seed=context.seed,
+            **self.to_dict(),
+        )
 
 
 def warm_start_schedule(epochs: int, kappa: float, ratio: float) -> tuple[int, int]:
@@ -53,8 +86,8 @@ def gradmatch_select(
     columns: Tensor,
     budget: int,
     *,
-    lam: float = 0.0,
-    eps: float = 1e-6,
+    lam: float = GradMatchOptions.lam,
+    eps: float = GradMatchOptions.eps,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Choose ``budget`` of the n batches whose gradients are ``columns (d, n)``.
@@ -81,31 +114,21 @@ def gradmatch_select(
     return batches, weights, len(picked)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Validated GRAD-MATCH configuration (the sampler's ``state_dict()["config"]``)."""
+@dataclass(frozen=True, kw_only=True)
+class _Plan(GradMatchOptions):
+    """Options and the run they select for (the sampler's ``state_dict()["config"]``)."""
 
     n: int
-    ratio: float
     batch_size: int
     epochs: int
     seed: int
-    interval: int
-    kappa: float
-    lam: float
-    eps: float
-    match: bool
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         as_int("batch_size", self.batch_size, 1)
         as_int("n", self.n, self.batch_size)  # at least one full batch to choose
-        as_int("interval", self.interval, 0)
-        as_int("seed", self.seed)
-        self.budget  # noqa: B018  (checks the ratio)
-        self.warm_start  # noqa: B018  (checks epochs and kappa)
-        check_omp_options(self.lam, self.eps)
-        if not isinstance(self.match, bool):
-            raise ValueError(f"match must be a bool, got {self.match!r}")
+        self.budget  # noqa: B018  (checks the ratio against the batches)
+        self.warm_start  # noqa: B018  (checks epochs)
 
     @functools.cached_property
     def warm_start(self) -> tuple[int, int]:
@@ -125,7 +148,7 @@ class _Plan:
     @property
     def budget(self) -> int:
         """Batches chosen per selection: ``floor(ratio * batches + 0.5)``."""
-        return _round_ratio(self.batches, self.ratio, "full batches")
+        return subset_size(self.batches, self.ratio, unit="full batches")
 
     def round(self, epoch: int) -> int | str:
         """The selection round of ``epoch``, ``"full"`` or ``"skip"`` (warm start)."""
@@ -154,12 +177,11 @@ class GradMatchSampler(EpochSampler):
         batch_size: Samples per candidate batch (the training batch size).
         epochs: The run's epochs E, for the warm-start schedule.
         seed: Run seed (partition, order, random fill).
-        interval: Selection interval R in epochs; 0 selects once.
-        kappa: Warm-start fraction κ in [0, 1) (see :func:`warm_start_schedule`).
-        lam: OMP ridge regularisation λ.
-        eps: OMP relative residual tolerance ε.
-        match: False replaces the gradient matching by uniformly random batches
-            with weight 1 (an ablation: the same warm start and schedule, no
+        **options: the other fields of :class:`GradMatchOptions`: ``interval`` (R,
+            epochs between selections; 0 selects once), ``kappa`` (κ, see
+            :func:`warm_start_schedule`), ``lam`` (λ) and ``eps`` (ε) of the OMP, and
+            ``match``: False replaces the gradient matching by uniformly random
+            batches with weight 1 (an ablation: the same warm start and schedule, no
             gradients, no OMP), to tell what the matching itself buys.
 
     A subset epoch yields the chosen batches' samples reshuffled (stream ``(seed,
@@ -171,20 +193,17 @@ class GradMatchSampler(EpochSampler):
     def __init__(
         self,
         n: int,
-        ratio: float,
+        ratio: float = GradMatchOptions.ratio,
         *,
         batch_size: int,
         epochs: int,
         seed: int = 0,
-        interval: int = 1,
-        kappa: float = 0.5,
-        lam: float = 0.0,
-        eps: float = 1e-6,
-        match: bool = True,
+        **options: Any,
     ) -> None:
-        scope = locals()
         super().__init__()
-        self._plan = _Plan(**{name: scope[name] for name in _Plan.__dataclass_fields__})
+        self._plan = _Plan(
+            n=n, ratio=ratio, batch_size=batch_size, epochs=epochs, seed=seed, **options
+        )
         self._round: int | None = None  # round the current subset was selected for
         self._batches = torch.zeros(0, dtype=torch.long)  # chosen batch ids
         self._batch_weights = torch.zeros(0, dtype=torch.float64)
@@ -194,6 +213,12 @@ class GradMatchSampler(EpochSampler):
     @property
     def config(self) -> dict:
         return asdict(self._plan)
+
+    @property
+    def options(self) -> GradMatchOptions:
+        return GradMatchOptions(
+            **{name: getattr(self._plan, name) for name in GradMatchOptions.names()}
+        )
 
     def refresh(
         self, model: nn.Module, dataset: Dataset, *, layer: nn.Module | None = None

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from sievetrain.data import make_loader
 from sievetrain.losses import IGNORE_INDEX, flatten_targets
-from sievetrain.selection import scoring_mode
+from sievetrain.scoring import scoring_mode
 
 __all__ = ["batch_gradients", "last_layer_gradient"]
 
@@ -49,7 +49,7 @@ def batch_gradients(
     """Each batch's mean last-layer gradient, ``(d, len(batches))``, from forward passes only.
 
     The model runs as a training step would see each batch (training mode, batch
-    statistics) but without side effects (:func:`~sievetrain.selection.scoring_mode`).
+    statistics) but without side effects (:func:`~sievetrain.scoring.scoring_mode`).
     ``layer`` is the final ``nn.Linear`` whose output is the model's output (default:
     the model's last ``nn.Linear``).
     """

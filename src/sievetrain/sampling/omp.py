@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from sievetrain.sampling._epochs import as_int
+from sievetrain.sampling.base import as_int
 
 __all__ = ["check_omp_options", "nonnegative_omp"]
 
@@ -19,7 +19,7 @@ def check_omp_options(lam: float, eps: float) -> None:
 
 
 def nonnegative_omp(
-    columns: Tensor, target: Tensor, budget: int, *, lam: float = 0.0, eps: float = 1e-6
+    columns: Tensor, target: Tensor, budget: int, *, lam: float, eps: float
 ) -> tuple[Tensor, Tensor]:
     """Orthogonal matching pursuit with non-negative weights: ``columns @ w ≈ target``.
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import Any, Literal
 
 import torch
 
-from sievetrain._rng import make_generator
-from sievetrain.sampling._epochs import EpochSampler, as_int, check_same_config
+from sievetrain.options import Options, RunContext, option
+from sievetrain.rng import make_generator
+from sievetrain.sampling.base import EpochSampler, as_int, check_same_config
 
 __all__ = [
+    "SRSOptions",
     "SoftRandomSampler",
     "batch_partition",
     "selection_round",
@@ -20,17 +23,9 @@ __all__ = [
 ]
 
 
-def _round_ratio(count: int, ratio: float, unit: str) -> int:
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")  # NaN lands here too
-    size = int(Fraction(repr(float(ratio))) * count + Fraction(1, 2))  # exact floor(r*count + 1/2)
-    if size == 0:
-        raise ValueError(f"ratio {ratio!r} makes the subset empty for {count} {unit}")
-    return size
-
-
-def subset_size(n: int, ratio: float) -> int:
-    """Subset size ``m = floor(ratio * n + 0.5)``: ``ratio * n`` rounded half up.
+def subset_size(n: int, ratio: float, *, unit: str = "samples") -> int:
+    """Subset size ``m = floor(ratio * n + 0.5)`` of ``n`` units (samples, batches): ``ratio * n``
+    rounded half up.
 
     Exact arithmetic on the decimal the ratio prints as (its ``repr``: 0.3 means 3/10, not the
     double 0.29999999999999998...), so ``subset_size(15, 0.3) == 5``: 4.5 rounds up.
@@ -40,7 +35,12 @@ def subset_size(n: int, ratio: float) -> int:
     """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
         raise ValueError(f"empty dataset: n must be a positive integer, got {n!r}")
-    return _round_ratio(int(n), ratio, "samples")
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")  # NaN lands here too
+    size = int(Fraction(repr(float(ratio))) * n + Fraction(1, 2))  # exact floor(r*n + 1/2)
+    if size == 0:
+        raise ValueError(f"ratio {ratio!r} makes the subset empty for {n} {unit}")
+    return size
 
 
 def selection_round(epoch: int, *, interval: int = 1, warm_start_epochs: int = 0) -> int | None:
@@ -60,31 +60,46 @@ def batch_partition(n: int, batch_size: int, *, seed: int) -> tuple[torch.Tensor
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """Validated SRS configuration (the sampler's ``state_dict()["config"]``)."""
+class SRSOptions(Options):
+    """Soft Random Sampling's options: the keywords of :class:`SoftRandomSampler` and
+    :func:`soft_random_indices`, and the options of the ``srs`` and ``fixed`` methods."""
 
-    n: int
-    ratio: float
-    seed: int
-    interval: int
-    within_epoch_replacement: bool
-    granularity: str
-    batch_size: int | None
-    warm_start_epochs: int
-    num_replicas: int
-    rank: int
+    ratio: float = option(0.3, "r: fraction of the data an epoch trains on, in (0, 1]")
+    interval: int = option(1, "R: epochs between fresh subsets; 0 = one subset for the whole run")
+    within_epoch_replacement: bool = option(
+        False, "true: m i.i.d. indices per epoch, which may repeat; false (paper): m distinct"
+    )
+    granularity: Literal["sample", "batch"] = option(
+        "sample", "draw samples, or whole mini-batches of a fixed partition (as on CIFAR-10)"
+    )
+    warm_start_epochs: int = option(0, "leading epochs on the full data, before sampling starts")
 
     def __post_init__(self) -> None:
-        subset_size(self.n, self.ratio)  # checks n and ratio
-        for name, minimum in (("interval", 0), ("warm_start_epochs", 0), ("num_replicas", 1)):
-            as_int(name, getattr(self, name), minimum)
-        as_int("seed", self.seed)
+        super().__post_init__()
+        if not 0 < self.ratio <= 1:  # NaN lands here too
+            raise ValueError(f"ratio must be a number in (0, 1], got {self.ratio!r}")
+        as_int("interval", self.interval, 0)
+        as_int("warm_start_epochs", self.warm_start_epochs, 0)
+
+    def check(self, context: RunContext) -> None:
+        _Plan(n=context.n, seed=context.seed, batch_size=context.batch_size, **self.to_dict())
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Plan(SRSOptions):
+    """Options and the run they sample for (the sampler's ``state_dict()["config"]``)."""
+
+    n: int
+    seed: int
+    batch_size: int | None = None
+    num_replicas: int = 1
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        subset_size(self.n, self.ratio)  # checks n
+        as_int("num_replicas", self.num_replicas, 1)
         as_int("rank", self.rank, 0, self.num_replicas)
-        if not isinstance(self.within_epoch_replacement, bool):
-            bad = self.within_epoch_replacement
-            raise ValueError(f"within_epoch_replacement must be a bool, got {bad!r}")
-        if self.granularity not in ("sample", "batch"):
-            raise ValueError(f"granularity must be 'sample' or 'batch', got {self.granularity!r}")
         if self.granularity == "batch":
             as_int("batch_size (needed for granularity='batch')", self.batch_size, 1)
         least = subset_size(self.n, self.ratio)  # fewest samples an epoch can have
@@ -103,11 +118,8 @@ class _Plan:
     def units_per_round(self) -> int:
         """Units drawn per round; in sample mode rounded DOWN to a multiple of num_replicas."""
         if self.granularity == "batch":
-            return _round_ratio(self.units, self.ratio, "batches")
+            return subset_size(self.units, self.ratio, unit="batches")
         return subset_size(self.n, self.ratio) // self.num_replicas * self.num_replicas
-
-
-_FIELDS = tuple(_Plan.__dataclass_fields__)  # the configuration's names, in order
 
 
 def _epoch_indices(plan: _Plan, epoch: int) -> torch.Tensor:
@@ -133,17 +145,11 @@ def _epoch_indices(plan: _Plan, epoch: int) -> torch.Tensor:
 
 def soft_random_indices(
     n: int,
-    ratio: float,
+    ratio: float = SRSOptions.ratio,
     *,
     seed: int,
     epoch: int,
-    interval: int = 1,
-    within_epoch_replacement: bool = False,
-    granularity: str = "sample",
-    batch_size: int | None = None,
-    warm_start_epochs: int = 0,
-    num_replicas: int = 1,
-    rank: int = 0,
+    **options: Any,
 ) -> torch.Tensor:
     """Training indices of one rank for one epoch of Soft Random Sampling, in training order.
 
@@ -154,19 +160,21 @@ def soft_random_indices(
             order is reshuffled every epoch from ``(seed, "order", epoch)``, also when the
             subset is kept (R5/R10 keep the subset, not the order).
         epoch: Epoch number, >= 0.
-        interval: Selection interval R: round ``s = (epoch - warm_start_epochs) // R`` (see
-            :func:`selection_round`); 0 keeps one subset for the run (fixed random subset).
-        within_epoch_replacement: False (paper): m distinct indices, uniform over size-m subsets.
-            True: m i.i.d. uniform indices, which may repeat within an epoch.
-        granularity: ``"sample"`` or ``"batch"``. Batch mode shuffles once per run (stream
-            ``(seed, "batches")``), cuts ``ceil(n / batch_size)`` batches B and draws
-            ``k = floor(ratio * B + 0.5)`` whole batches per round (distinct, or i.i.d. with
-            replacement); the epoch concatenates them in an order reshuffled every epoch.
-            Warm-start epochs then yield all batches. Sample mode ignores ``batch_size``.
-        batch_size: Samples per batch; required for batch granularity.
-        warm_start_epochs: Leading epochs on the full data (a fresh permutation each epoch).
-        num_replicas: Number of ranks (torchrun world size).
-        rank: This rank, in ``[0, num_replicas)``.
+        **options: the run's ``batch_size`` (samples per batch; required for batch
+            granularity), ``num_replicas`` (number of ranks, the torchrun world size;
+            default 1) and ``rank`` (this rank, in ``[0, num_replicas)``; default 0),
+            and the other fields of :class:`SRSOptions`:
+
+            - ``interval``: round ``s = (epoch - warm_start_epochs) // interval`` (see
+              :func:`selection_round`); 0 keeps one subset for the run (fixed random subset).
+            - ``within_epoch_replacement``: False (paper): m distinct indices, uniform over
+              size-m subsets; True: m i.i.d. uniform indices, which may repeat.
+            - ``granularity``: ``"batch"`` shuffles once per run (stream ``(seed,
+              "batches")``), cuts ``ceil(n / batch_size)`` batches B and draws ``k =
+              floor(ratio * B + 0.5)`` whole batches per round (distinct, or i.i.d.); the
+              epoch concatenates them in an order reshuffled every epoch, and warm-start
+              epochs yield all batches. ``"sample"`` ignores ``batch_size``.
+            - ``warm_start_epochs``: leading epochs on the full data (a fresh permutation each).
 
     Every rank computes the same global epoch order and takes positions ``rank::num_replicas``.
     To keep ranks in lockstep, sample mode rounds m DOWN to a multiple of ``num_replicas``; where
@@ -180,9 +188,8 @@ def soft_random_indices(
     Raises:
         ValueError: any bad argument; the message names the bad value.
     """
-    options = dict(locals())  # exactly the arguments above, by name
-    epoch = as_int("epoch", options.pop("epoch"), 0)
-    return _epoch_indices(_Plan(**options), epoch)
+    epoch = as_int("epoch", epoch, 0)
+    return _epoch_indices(_Plan(n=n, ratio=ratio, seed=seed, **options), epoch)
 
 
 class SoftRandomSampler(EpochSampler):
@@ -191,8 +198,9 @@ class SoftRandomSampler(EpochSampler):
     Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. The sampler
     counts the indices its iterator has yielded this epoch (``position``), so a checkpoint can
     resume mid-epoch: ``load_state_dict`` makes the next ``__iter__`` skip what was yielded.
-    Arguments are those of :func:`soft_random_indices` (``seed`` defaults to 0); each is readable
-    as an attribute (``sampler.ratio``, ``sampler.interval``, ...).
+    Arguments are those of :func:`soft_random_indices` (``seed`` defaults to 0; ``**options``
+    are :class:`SRSOptions`); each is readable as an attribute (``sampler.ratio``,
+    ``sampler.interval``, ...), and ``sampler.options`` is the :class:`SRSOptions`.
 
     Note: a ``DataLoader`` with workers pulls indices ahead of training; a trainer that
     checkpoints mid-epoch should overwrite ``state["position"]`` with the samples it consumed.
@@ -201,25 +209,22 @@ class SoftRandomSampler(EpochSampler):
     def __init__(
         self,
         n: int,
-        ratio: float,
+        ratio: float = SRSOptions.ratio,
         *,
         seed: int = 0,
-        interval: int = 1,
-        within_epoch_replacement: bool = False,
-        granularity: str = "sample",
-        batch_size: int | None = None,
-        warm_start_epochs: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
+        **options: Any,
     ) -> None:
-        scope = locals()  # read before any other local exists: exactly the arguments above
         super().__init__()
-        self._plan = _Plan(**{name: scope[name] for name in _FIELDS})
+        self._plan = _Plan(n=n, ratio=ratio, seed=seed, **options)
 
     def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
-        if name in _FIELDS and "_plan" in self.__dict__:
+        if "_plan" in self.__dict__ and name in self._plan.names():
             return getattr(self._plan, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def options(self) -> SRSOptions:
+        return SRSOptions(**{name: getattr(self._plan, name) for name in SRSOptions.names()})
 
     @property
     def subset_size(self) -> int:

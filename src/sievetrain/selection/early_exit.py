@@ -21,18 +21,18 @@ Exit heads:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from sievetrain.losses import batch_loss
+from sievetrain.scoring import scoring_mode
 
-__all__ = ["EXIT_HEADS", "EarlyExit", "scoring_mode"]
+__all__ = ["EXIT_HEADS", "EarlyExit", "ExitHead", "check_exit", "exit_stage"]
 
-EXIT_HEADS = ("auto", "reuse", "linear")
+ExitHead = Literal["auto", "reuse", "linear"]
+EXIT_HEADS: tuple[str, ...] = get_args(ExitHead)
 _POOLED_SIZE = 4  # the linear head pools each spatial dimension to 4 (16 cells for images)
 
 
@@ -192,29 +192,37 @@ class EarlyExit:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-@contextmanager
-def scoring_mode(model: nn.Module) -> Iterator[None]:
-    """Score as the training pass would see the batch, without side effects.
+def exit_stage(model: nn.Module, stage: str | None) -> str:
+    """``stage``, or the model's own ``exit_stage`` (the reference models name one)."""
+    stage = stage or getattr(model, "exit_stage", None)
+    if stage is None:
+        raise ValueError("an early exit needs stage= (the model declares no exit_stage)")
+    return stage
 
-    The model stays in training mode (batch norm normalises with the batch's own
-    statistics), but batch-norm running statistics are not updated, and the
-    global RNGs are restored afterwards (dropout draws leave no trace), so a
-    scoring pass changes nothing a later training step reads.
+
+def check_exit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    stage: str | None,
+    head: str = "auto",
+    num_classes: int | None = None,
+) -> str:
+    """Check that an exit after ``stage`` with ``head`` fits ``model`` for batches like
+    ``(x, y)`` (two or more samples), by one scoring pass that trains nothing and
+    leaves the model as it was. Returns the head kind ``"auto"`` resolves to.
+
+    Raises:
+        ValueError: unknown stage, or a head that cannot take the stage's output.
     """
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
-        for m in norms:
-            m.track_running_stats = False
-        try:
-            yield
-        finally:
-            for m in norms:
-                m.track_running_stats = True
+    early_exit = EarlyExit(model, exit_stage(model, stage), head=head, num_classes=num_classes)
+    try:
+        with scoring_mode(model):
+            early_exit.logits(model, x, y, train_head=False)
+    finally:
+        early_exit.remove()
+    return early_exit.kind
 
 
 def _find(model: nn.Module, name: str, what: str) -> nn.Module:

@@ -9,16 +9,19 @@ Kept samples are accumulated by the trainer into full backward batches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sievetrain._rng import make_generator
 from sievetrain.losses import sample_losses
-from sievetrain.selection.early_exit import scoring_mode
+from sievetrain.options import Options, option
+from sievetrain.rng import make_generator
+from sievetrain.scoring import scoring_mode
+from sievetrain.selection.base import Selector
 
-__all__ = ["SelectiveBackprop", "keep_probabilities"]
+__all__ = ["SelectiveBackprop", "SelectiveBackpropOptions", "keep_probabilities"]
 
 
 def keep_probabilities(losses: Tensor, history: Tensor, *, beta: float, min_prob: float) -> Tensor:
@@ -28,38 +31,44 @@ def keep_probabilities(losses: Tensor, history: Tensor, *, beta: float, min_prob
     return percentile.pow(beta).clamp_min(min_prob)
 
 
-class SelectiveBackprop:
+@dataclass(frozen=True)
+class SelectiveBackpropOptions(Options):
+    """Selective Backprop's options: the keywords of :class:`SelectiveBackprop`, the
+    options of the ``selective-backprop`` method."""
+
+    beta: float = option(3.0, "β: selectivity; 3 in the authors' example (keeps ~1/4 of a batch)")
+    min_prob: float = option(0.05, "s_min: floor on the keep probability, in [0, 1]")
+    history: int = option(1024, "recent losses the percentile is taken over, >= 1")
+    full_epochs: int = option(1, "epochs at the start that keep every sample (no scoring pass)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(f"invalid beta={self.beta!r}: must be > 0")
+        if not 0 <= self.min_prob <= 1:
+            raise ValueError(f"invalid min_prob={self.min_prob!r}: must be in [0, 1]")
+        if self.history < 1:
+            raise ValueError(f"invalid history={self.history!r}: must be >= 1")
+        if self.full_epochs < 0:
+            raise ValueError(f"invalid full_epochs={self.full_epochs!r}: must be >= 0")
+
+
+class SelectiveBackprop(Selector):
     """Keep each sample with probability ``max(min_prob, percentile(loss) ** beta)``.
 
     Args:
-        beta: selectivity; 3 in the authors' example (expected keep ~1/4 of a batch).
-        min_prob: floor on the keep probability (s_min), in [0, 1].
-        history: number of recent losses the percentile is taken over.
-        full_epochs: epochs at the start that keep every sample (no scoring pass).
+        beta: selectivity β (:class:`SelectiveBackpropOptions`).
         seed: seeds the owned generator of the keep draws.
+        **options: the other fields of :class:`SelectiveBackpropOptions`:
+            ``min_prob``, ``history``, ``full_epochs``.
     """
 
     accumulates = True  # the trainer gathers kept samples into full batches
 
     def __init__(
-        self,
-        beta: float = 3.0,
-        *,
-        min_prob: float = 0.05,
-        history: int = 1024,
-        full_epochs: int = 1,
-        seed: int = 0,
+        self, beta: float = SelectiveBackpropOptions.beta, *, seed: int = 0, **options: Any
     ) -> None:
-        if not beta > 0:
-            raise ValueError(f"invalid beta={beta!r}: must be > 0")
-        if not 0 <= min_prob <= 1:
-            raise ValueError(f"invalid min_prob={min_prob!r}: must be in [0, 1]")
-        if history < 1:
-            raise ValueError(f"invalid history={history!r}: must be >= 1")
-        if full_epochs < 0:
-            raise ValueError(f"invalid full_epochs={full_epochs!r}: must be >= 0")
-        self.beta, self.min_prob, self.full_epochs = beta, min_prob, full_epochs
-        self.history = history
+        self.options = SelectiveBackpropOptions(beta=beta, **options)
         self.recent_losses = torch.empty(0)  # the last `history` losses, oldest first
         self.epoch = 0
         self.samples_scored = 0
@@ -74,14 +83,13 @@ class SelectiveBackprop:
             return sample_losses(model(x), y)
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
-        if self.epoch < self.full_epochs:
+        o = self.options
+        if self.epoch < o.full_epochs:
             return None
         losses = self.score(model, x, y).float().cpu()
         self.samples_scored += len(y)
-        self.recent_losses = torch.cat([self.recent_losses, losses])[-self.history :]
-        probs = keep_probabilities(
-            losses, self.recent_losses, beta=self.beta, min_prob=self.min_prob
-        )
+        self.recent_losses = torch.cat([self.recent_losses, losses])[-o.history :]
+        probs = keep_probabilities(losses, self.recent_losses, beta=o.beta, min_prob=o.min_prob)
         draws = torch.rand(len(y), generator=self.generator, dtype=torch.float64)
         return (draws < probs).nonzero().squeeze(1).to(y.device)
 

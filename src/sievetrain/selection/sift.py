@@ -10,18 +10,28 @@ of the same size is the control that shows whether the choice matters.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from sievetrain._rng import make_generator
 from sievetrain.losses import sample_entropies, sample_losses
-from sievetrain.selection.early_exit import EXIT_HEADS, EarlyExit, scoring_mode
+from sievetrain.options import Options, RunContext, option
+from sievetrain.rng import make_generator
+from sievetrain.scoring import scoring_mode
+from sievetrain.selection.base import Selector
+from sievetrain.selection.early_exit import EarlyExit, ExitHead, check_exit, exit_stage
 
-__all__ = ["SCORES", "SIFT", "RandomKeep", "keep_count", "select_top_k"]
-
-SCORES = ("loss", "entropy")
+__all__ = [
+    "SCORES",
+    "SIFT",
+    "RandomKeep",
+    "RandomKeepOptions",
+    "SIFTOptions",
+    "keep_count",
+    "select_top_k",
+]
 
 
 def keep_count(batch: int, ratio: float) -> int:
@@ -41,53 +51,79 @@ def select_top_k(scores: Tensor, k: int) -> Tensor:
     return order[:k].sort().values
 
 
+Score = Literal["loss", "entropy"]
+SCORES: tuple[str, ...] = get_args(Score)
+
+
 def _check_ratio(ratio: float) -> None:
     if not 0 < ratio <= 1:
         raise ValueError(f"invalid ratio={ratio!r}: must be in (0, 1]")
 
 
-class SIFT:
+@dataclass(frozen=True)
+class SIFTOptions(Options):
+    """SIFT's options: the keywords of :class:`SIFT`, the options of ``sift`` and
+    ``sift-entropy``."""
+
+    needs_model = True  # check() runs one scoring pass to see that the exit fits
+
+    ratio: float = option(0.5, "ρ: fraction of each batch backpropagated, in (0, 1]")
+    stage: str | None = option(None, "submodule to exit after; none: the model's exit_stage")
+    head: ExitHead = option("auto", "exit head: the model's own (reuse), a trained linear, or auto")
+    score: Score = option("loss", "exit cross-entropy, or exit prediction entropy (label-free)")
+    warmup_steps: int = option(0, "batches at the start kept whole (the exit still scores them)")
+    head_lr: float = option(1e-3, "Adam learning rate of a linear exit head")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ratio(self.ratio)
+        if self.warmup_steps < 0:
+            raise ValueError(f"invalid warmup_steps={self.warmup_steps!r}: must be >= 0")
+        if not self.head_lr > 0:
+            raise ValueError(f"invalid head_lr={self.head_lr!r}: must be > 0")
+
+    def check(self, context: RunContext) -> None:
+        x, y = context.sample
+        check_exit(
+            context.model, x, y, stage=self.stage, head=self.head, num_classes=context.num_classes
+        )
+
+
+@dataclass(frozen=True)
+class RandomKeepOptions(Options):
+    """Uniform random keep's options (SIFT's control): the ``random-keep`` method."""
+
+    ratio: float = option(SIFTOptions.ratio, "fraction of each batch backpropagated, in (0, 1]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ratio(self.ratio)
+
+
+class SIFT(Selector):
     """Keep the ``ceil(ratio * b)`` samples of each batch with the highest exit score.
 
     Args:
         ratio: fraction kept (rho), in (0, 1]; default 0.5 as in the paper.
-        stage: submodule after which to exit; ``None`` takes the model's
-            ``exit_stage`` attribute (the reference models name their first layer).
-        head: exit head, ``"auto"``, ``"reuse"`` or ``"linear"`` (see
-            :mod:`sievetrain.selection.early_exit`).
-        score: ``"loss"`` (exit cross-entropy) or ``"entropy"`` (exit prediction
-            entropy, label-free).
-        warmup_steps: batches at the start that are kept whole (the exit head is
-            still scored and trained on them).
         num_classes: outputs of a linear exit head.
-        head_lr: learning rate of a linear exit head.
+        **options: the other fields of :class:`SIFTOptions`: ``stage`` (submodule
+            after which to exit; ``None`` takes the model's ``exit_stage``
+            attribute, which the reference models set to their first layer),
+            ``head`` (``"auto"``, ``"reuse"`` or ``"linear"``, see
+            :mod:`sievetrain.selection.early_exit`), ``score`` (``"loss"``: exit
+            cross-entropy; ``"entropy"``: exit prediction entropy, label-free),
+            ``warmup_steps`` (batches at the start kept whole; the exit head is
+            still scored and trained on them) and ``head_lr``.
 
     The exit is attached to the model on the first :meth:`select`; call
     :meth:`remove` to take it off.
     """
 
     def __init__(
-        self,
-        ratio: float = 0.5,
-        *,
-        stage: str | None = None,
-        head: str = "auto",
-        score: str = "loss",
-        warmup_steps: int = 0,
-        num_classes: int | None = None,
-        head_lr: float = 1e-3,
+        self, ratio: float = SIFTOptions.ratio, *, num_classes: int | None = None, **options: Any
     ) -> None:
-        _check_ratio(ratio)
-        if score not in SCORES:
-            raise ValueError(f"unknown score {score!r}; known: {', '.join(SCORES)}")
-        if head not in EXIT_HEADS:
-            raise ValueError(f"unknown exit head {head!r}; known: {', '.join(EXIT_HEADS)}")
-        if warmup_steps < 0:
-            raise ValueError(f"invalid warmup_steps={warmup_steps!r}: must be >= 0")
-        if head_lr <= 0:
-            raise ValueError(f"invalid head_lr={head_lr!r}: must be > 0")
-        self.ratio, self.stage, self.head, self.score_kind = ratio, stage, head, score
-        self.warmup_steps, self.num_classes, self.head_lr = warmup_steps, num_classes, head_lr
+        self.options = SIFTOptions(ratio=ratio, **options)
+        self.num_classes = num_classes
         self.exit: EarlyExit | None = None
         self.steps = 0
         self.samples_scored = 0
@@ -96,11 +132,13 @@ class SIFT:
     def attach(self, model: nn.Module) -> EarlyExit:
         """The exit on ``model``, attached on first use."""
         if self.exit is None:
-            stage = self.stage or getattr(model, "exit_stage", None)
-            if stage is None:
-                raise ValueError("SIFT needs stage= (the model declares no exit_stage)")
+            o = self.options
             self.exit = EarlyExit(
-                model, stage, head=self.head, num_classes=self.num_classes, lr=self.head_lr
+                model,
+                exit_stage(model, o.stage),
+                head=o.head,
+                num_classes=self.num_classes,
+                lr=o.head_lr,
             )
             if self._pending_exit_state is not None:
                 self.exit.load_state_dict(self._pending_exit_state)
@@ -119,22 +157,22 @@ class SIFT:
         head learns from the batch only when ``train_head`` (as in :meth:`select`)."""
         with scoring_mode(model):
             logits = self.attach(model).logits(model, x, y, train_head=train_head)
-        score_fn = sample_losses if self.score_kind == "loss" else sample_entropies
+        score_fn = sample_losses if self.options.score == "loss" else sample_entropies
         return score_fn(logits, y)
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         scores = self.score(model, x, y, train_head=True)
         self.samples_scored += len(y)
         self.steps += 1
-        if self.steps <= self.warmup_steps:
+        if self.steps <= self.options.warmup_steps:
             return None
-        return select_top_k(scores, keep_count(len(y), self.ratio))
+        return select_top_k(scores, keep_count(len(y), self.options.ratio))
 
     def stats(self) -> dict[str, Any]:
         return {
             "samples_forwarded_partially": self.samples_scored,
-            "exit_stage": self.exit.stage if self.exit is not None else self.stage,
-            "exit_head": self.exit.kind if self.exit is not None else self.head,
+            "exit_stage": self.exit.stage if self.exit is not None else self.options.stage,
+            "exit_head": self.exit.kind if self.exit is not None else self.options.head,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -149,26 +187,22 @@ class SIFT:
             self._pending_exit_state = None
 
 
-class RandomKeep:
+class RandomKeep(Selector):
     """Keep a uniform random ``ceil(ratio * b)`` of each batch: SIFT's control.
 
     Args:
-        ratio: fraction kept, in (0, 1].
+        ratio: fraction kept, in (0, 1] (:class:`RandomKeepOptions`).
         seed: seeds the owned generator (the global RNG is never read).
     """
 
-    def __init__(self, ratio: float = 0.5, *, seed: int = 0) -> None:
-        _check_ratio(ratio)
-        self.ratio = ratio
+    def __init__(self, ratio: float = RandomKeepOptions.ratio, *, seed: int = 0) -> None:
+        self.options = RandomKeepOptions(ratio=ratio)
         self.generator = make_generator(seed, "random-keep")
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        k = keep_count(len(y), self.ratio)
+        k = keep_count(len(y), self.options.ratio)
         keep = torch.randperm(len(y), generator=self.generator)[:k].sort().values
         return keep.to(y.device)
-
-    def stats(self) -> dict[str, Any]:
-        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

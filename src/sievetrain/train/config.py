@@ -2,44 +2,41 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
+
+from sievetrain.options import Options, option
 
 __all__ = ["TrainConfig"]
 
-SCHEDULES = ("constant", "step", "cosine")
-SCHEDULE_UNITS = ("epoch", "step")
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Options):
     """What the trainer needs besides the model, data, sampler, selector and optimizer."""
 
-    epochs: int = 10  # passes over the epoch-level sampler's (sub)set
-    batch_size: int = 128  # samples per optimizer step, before batch-level selection
-    eval_batch_size: int = 1024  # samples per forward pass in evaluation
-    schedule: str = "step"  # lr multiplier shape: constant | step | cosine
-    schedule_unit: str = "epoch"  # "epoch": lr set at each epoch start from epoch/epochs (paper);
-    # "step": lr set every optimizer step from step/total_steps (not in the paper)
-    # step schedule: fractions of the run where lr *= gamma
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1  # step schedule: lr multiplier at each milestone
-    target_accuracy: float | None = None  # fraction in (0, 1]; time to reach it is reported
-    device: str = "cpu"  # torch device string
+    epochs: int = option(10, "passes over the epoch-level sampler's (sub)set")
+    batch_size: int = option(128, "samples per optimizer step, before batch-level selection")
+    eval_batch_size: int = option(1024, "samples per forward pass in evaluation")
+    schedule: Literal["constant", "step", "cosine"] = option("step", "lr multiplier's shape")
+    schedule_unit: Literal["epoch", "step"] = option(
+        "epoch",
+        "epoch: lr set at each epoch start from epoch/epochs (paper); "
+        "step: every optimizer step from step/total_steps (not in the paper)",
+    )
+    milestones: tuple[float, ...] = option(
+        (0.5, 0.75), "step schedule: fractions of the run where lr *= gamma"
+    )
+    gamma: float = option(0.1, "step schedule: lr multiplier at each milestone, in (0, 1]")
+    target_accuracy: float | None = option(None, "fraction in (0, 1]; time to reach it is reported")
+    device: str = option("cpu", "torch device string")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"invalid {name}={value!r}: must be a positive integer")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
-        if self.schedule_unit not in SCHEDULE_UNITS:
-            raise ValueError(
-                f"unknown schedule_unit {self.schedule_unit!r}; known: {', '.join(SCHEDULE_UNITS)}"
-            )
+        super().__post_init__()
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"invalid milestones={self.milestones!r}: each must be in (0, 1]")
         if not 0 < self.gamma <= 1:
@@ -47,9 +44,3 @@ class TrainConfig:
         t = self.target_accuracy
         if t is not None and (math.isnan(t) or not 0 < t <= 1):
             raise ValueError(f"invalid target_accuracy={t!r}: must be a fraction in (0, 1]")
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from sievetrain.train.config import TrainConfig
+
 __all__ = ["lr_multiplier"]
 
 
 def lr_multiplier(
-    schedule: str, progress: float, *, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1
+    schedule: str,
+    progress: float,
+    *,
+    milestones: Sequence[float] = TrainConfig.milestones,
+    gamma: float = TrainConfig.gamma,
 ) -> float:
     """Multiplier of the base learning rate at ``progress`` (fraction of the run done).
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sievetrain._rng import make_generator
+from sievetrain.rng import make_generator
 from sievetrain.selection.greedy import (
     approx_softmax_losses,
     greedy_sgd,

@@ -1,5 +1,12 @@
-"""What every epoch-level sampler here shares: an epoch, and a position inside it
-that a checkpoint can save and a resumed run skips to."""
+"""The epoch-level sampler protocol, and what every sampler here shares: an epoch,
+and a position inside it that a checkpoint can save and a resumed run skips to.
+
+The trainer calls, every epoch and for every sampler, ``set_epoch(epoch)``, then
+``refresh(model, dataset)`` (a coreset chooses its subset from the model here; a
+sampler that needs no model does nothing), then iterates, weighting the loss by
+``sample_weights(idx)`` (None: all equal). ``stats()`` goes into the run's results;
+``state_dict()`` / ``load_state_dict()`` hold everything needed to resume.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,8 @@ import operator
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Sampler
 
 __all__ = ["EpochSampler", "as_int", "check_same_config"]
 
@@ -48,6 +56,23 @@ class EpochSampler(Sampler[int]):
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def _compute_indices(self, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def refresh(self, model: nn.Module, dataset: Dataset) -> None:
+        """Called at the start of every epoch, after ``set_epoch``; nothing by default."""
+
+    def sample_weights(self, idx: Tensor) -> Tensor | None:
+        """Loss weight of each dataset index in ``idx``; None (the default): all equal."""
+        return None
+
+    def stats(self) -> dict:
+        """Figures for the run's results (e.g. selection time); none by default."""
+        return {}
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,0 +1,59 @@
+"""The batch-level selector protocol: which samples of a batch get the backward pass.
+
+The trainer calls, for every selector, ``set_epoch(epoch)`` at the start of each
+epoch and ``select(model, x, y)`` once per batch, before the forward pass with
+gradients. ``select`` returns the positions in the batch to keep (an int64 tensor)
+or ``None`` for "keep every sample". Any forward work it does to decide (an
+early-exit scoring pass, a no-grad loss pass) is charged to the run's selection
+time and reported through ``stats()`` (``samples_forwarded_partially`` for passes
+that stop at an early exit, ``samples_forwarded_no_grad`` for whole forward passes
+without gradients).
+
+After every epoch the trainer asks ``score(model, x, y)`` on held-out batches and
+measures how well the scores rank the true per-sample losses (Spearman); a
+selector that does not score returns None. A selector whose class sets
+``accumulates = True`` has its kept samples gathered into full batches before a
+backward pass (the remainder is trained at the end of the epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+__all__ = ["KeepAll", "Selector"]
+
+
+class Selector:
+    """Base of batch-level selectors: every method but ``select`` does nothing by default."""
+
+    accumulates: ClassVar[bool] = False  # gather kept samples into full backward batches
+
+    def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
+        """Positions of ``x`` (shape (B, ...)) to backpropagate, or None for all."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every epoch."""
+
+    def score(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
+        """The selector's score of each sample (B,), without side effects; None: no scores."""
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters to merge into the run's results (e.g. samples scored)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class KeepAll(Selector):
+    """The identity selector: every sample of every batch is backpropagated."""
+
+    def select(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        return None

@@ -1,0 +1,45 @@
+"""The run summary: a run's final figures, as the trainer returns them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RunSummary", "time_to_target"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Final figures of one run; ``to_dict()`` gives the JSON-ready record fields."""
+
+    final_test_accuracy: float | None  # fraction of predicted targets
+    final_test_loss: float | None  # mean cross-entropy
+    final_test_entropy: float | None  # mean normalized prediction entropy (0..1)
+    train_time_s: float  # wall time of the training loops, evaluation excluded
+    eval_time_s: float
+    time_breakdown_s: dict[str, float]  # seconds per training phase
+    samples_forwarded: int  # samples in forward passes with gradients
+    samples_forwarded_partially: int  # scoring passes that stopped at an early exit
+    samples_forwarded_fully: int  # whole forward passes, with or without gradients
+    samples_backpropagated: int
+    optimizer_steps: int
+    coverage: float  # fraction of the training set seen at least once
+    time_to_target_s: float | None  # training seconds until target accuracy, if reached
+    final_exit_spearman: float | None  # selector score vs true loss rank correlation
+    selector: dict[str, Any]  # the selector's stats()
+    sampler: dict[str, Any]  # the sampler's stats()
+    history: list[dict[str, Any]]  # one record per epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def time_to_target(history: list[dict[str, Any]], target: float | None) -> float | None:
+    """Training seconds until test accuracy first reached ``target`` (None if never)."""
+    if target is None:
+        return None
+    for record in history:
+        if record["test_accuracy"] >= target:
+            return record["train_time_s"]
+    return None
