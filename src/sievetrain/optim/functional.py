@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -94,124 +94,95 @@ def stochgradadam(
     that it needs no buffer of its own. ``scale`` multiplies the kept gradient entries
     (``1 / s`` when rescaling). Reads no globals; the grads are not modified.
     """
+    hp = _Step(lr, beta1, beta2, eps, weight_decay, masked_state == "freeze", scale)
     update = _multi_tensor if foreach else _single_tensor
-    update(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        state_steps,
-        masks,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        freeze=masked_state == "freeze",
-        scale=scale,
-    )
+    update(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp)
 
 
-def _single_tensor(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    masks: list[Tensor] | None,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    freeze: bool,
-    scale: float,
-) -> None:
+@dataclass(frozen=True)
+class _Step:
+    """The hyperparameters of one step, typed, as both paths take them."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    freeze: bool  # masked entries skipped (True) or a zero gradient (False)
+    scale: float  # multiplies the kept gradient entries
+
+
+def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: _Step) -> None:
     for i, param in enumerate(params):
         grad, m, v, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         keep = masks[i] if masks is not None else None  # ω
         step_t += 1
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
+        if hp.weight_decay != 0:
+            grad = grad.add(param, alpha=hp.weight_decay)
         step = step_t.item()
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        step_size = hp.lr / (1 - hp.beta1**step)
+        bias_correction2_sqrt = (1 - hp.beta2**step) ** 0.5
         if keep is None:  # every entry used: Adam, operation for operation
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            m.lerp_(grad, 1 - hp.beta1)
+            v.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
             param.addcdiv_(m, denom, value=-step_size)
-        elif freeze:
+        elif hp.freeze:
             # Kept entries: Adam's update; masked entries: moments and parameter untouched.
-            if scale != 1:
-                grad = grad * scale
-            m.addcmul_(grad - m, keep, value=1 - beta1)
-            v.addcmul_(grad * grad - v, keep, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            if hp.scale != 1:
+                grad = grad * hp.scale
+            m.addcmul_(grad - m, keep, value=1 - hp.beta1)
+            v.addcmul_(grad * grad - v, keep, value=1 - hp.beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
             param.addcdiv_(m * keep, denom, value=-step_size)
         else:
             # ĝ = ω ⊙ g in the mask's buffer: a masked entry counts as a zero gradient.
             grad = keep.mul_(grad)
-            if scale != 1:
-                grad.mul_(scale)
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+            if hp.scale != 1:
+                grad.mul_(hp.scale)
+            m.lerp_(grad, 1 - hp.beta1)
+            v.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
             param.addcdiv_(m, denom, value=-step_size)
 
 
-def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, **hp: Any) -> None:
-    # The hyperparameters pass through untouched to _multi_tensor_group.
+def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: _Step) -> None:
     # foreach kernels take lists on one device and of one dtype.
     groups = _by_device_and_dtype(params)
     lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps, masks)
     if len(groups) == 1:  # the common case: no copies of the lists
-        _multi_tensor_group(*lists, **hp)
+        _multi_tensor_group(*lists, hp)
         return
     for positions in groups.values():
         _multi_tensor_group(
-            *([x[i] for i in positions] if x is not None else None for x in lists), **hp
+            *([x[i] for i in positions] if x is not None else None for x in lists), hp
         )
 
 
 def _multi_tensor_group(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    masks: list[Tensor] | None,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    freeze: bool,
-    scale: float,
+    params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: _Step
 ) -> None:
     # The same operations as _single_tensor, in the same order, on lists.
     # One CPU scalar tensor rather than a Python 1 wrapped again for every step count.
     torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if hp.weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=hp.weight_decay)
     steps = [s.item() for s in state_steps]
-    step_sizes = [-lr / (1 - beta1**step) for step in steps]
-    bias_correction2_sqrt = [(1 - beta2**step) ** 0.5 for step in steps]
+    step_sizes = [-hp.lr / (1 - hp.beta1**step) for step in steps]
+    bias_correction2_sqrt = [(1 - hp.beta2**step) ** 0.5 for step in steps]
     if masks is None:  # every entry used: Adam, operation for operation
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - hp.beta1)
+        torch._foreach_mul_(exp_avg_sqs, hp.beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hp.beta2)
         del grads  # before the denominator takes its own buffer
         denom = torch._foreach_sqrt(exp_avg_sqs)
-    elif freeze:
-        if scale != 1:
-            grads = torch._foreach_mul(grads, scale)
+    elif hp.freeze:
+        if hp.scale != 1:
+            grads = torch._foreach_mul(grads, hp.scale)
         diff = torch._foreach_sub(grads, exp_avgs)
-        torch._foreach_addcmul_(exp_avgs, diff, masks, value=1 - beta1)
+        torch._foreach_addcmul_(exp_avgs, diff, masks, value=1 - hp.beta1)
         diff = torch._foreach_sub(torch._foreach_mul(grads, grads), exp_avg_sqs)
-        torch._foreach_addcmul_(exp_avg_sqs, diff, masks, value=1 - beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, diff, masks, value=1 - hp.beta2)
         del diff, grads
         denom = torch._foreach_sqrt(exp_avg_sqs)
         exp_avgs = torch._foreach_mul(exp_avgs, masks)  # masked entries: a zero step
@@ -219,12 +190,12 @@ def _multi_tensor_group(
         # ĝ = ω ⊙ g in the masks' buffers: a masked entry counts as a zero gradient.
         torch._foreach_mul_(masks, grads)
         grads = masks
-        if scale != 1:
-            torch._foreach_mul_(grads, scale)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        if hp.scale != 1:
+            torch._foreach_mul_(grads, hp.scale)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - hp.beta1)
+        torch._foreach_mul_(exp_avg_sqs, hp.beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hp.beta2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias_correction2_sqrt)
-    torch._foreach_add_(denom, eps)
+    torch._foreach_add_(denom, hp.eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)

@@ -1,0 +1,58 @@
+"""The epoch-level sampler protocol (sampling/base.py)."""
+
+import pytest
+import torch
+
+from sievetrain.sampling import EpochSampler
+from sievetrain.train import TrainConfig, Trainer
+
+
+class Reversed(EpochSampler):
+    """All indices, reversed on odd epochs; records what the trainer called."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.refreshed = n, []
+
+    def _compute_indices(self, epoch):
+        order = torch.arange(self.n)
+        return order.flip(0) if epoch % 2 else order
+
+    def refresh(self, model, dataset):
+        self.refreshed.append(self.epoch)
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state):
+        self.load_position(state["epoch"], state["position"])
+
+
+def test_the_defaults_weigh_nothing_and_report_nothing():
+    sampler = Reversed(5)
+    assert sampler.sample_weights(torch.arange(3)) is None
+    assert sampler.stats() == {}
+    assert EpochSampler.refresh(sampler, None, None) is None
+
+
+def test_indices_are_a_function_of_the_epoch_and_resume_at_their_position():
+    sampler = Reversed(5)
+    sampler.set_epoch(1)
+    it = iter(sampler)
+    assert [next(it), next(it)] == [4, 3] and sampler.position == 2
+    state = sampler.state_dict()
+    resumed = Reversed(5)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)  # the usual call at the top of a resumed loop keeps the resume point
+    assert list(resumed) == [2, 1, 0]
+    with pytest.raises(ValueError, match="position 6 is past"):
+        resumed.load_position(1, 6)
+
+
+def test_the_trainer_refreshes_every_sampler_every_epoch(mnist1d):
+    sampler = Reversed(len(mnist1d.train))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    config = TrainConfig(epochs=3, batch_size=500)
+    Trainer(model, optimizer, mnist1d.train, mnist1d.test, config=config, sampler=sampler).fit()
+    assert sampler.refreshed == [0, 1, 2]
