@@ -20,6 +20,7 @@ from sievetrain.bench import RESULTS, prepare, run_bench, write_report
 from sievetrain.bench.cards import methods_listing, write_cards
 from sievetrain.bench.runner import check_output
 from sievetrain.data import DATASETS, load_dataset
+from sievetrain.files import CheckpointError
 from sievetrain.options import ArgumentError
 from sievetrain.train import TrainConfig
 
@@ -71,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             on_run=lambda r: log.run(next(count), total, r),
             on_epoch=log.epoch if args.command == "train" else None,
         )
-    except ArgumentError as error:
-        return _error(error.render(FLAGS))
-    except ValueError as error:  # e.g. a checkpoint that appeared since the start
+    except CheckpointError as error:  # one that appeared after the check at the start
         return _error(str(error))
     except KeyboardInterrupt:
         print(

@@ -113,10 +113,12 @@ class Options:
         return tuple(info.name for info in cls.describe())
 
     @classmethod
-    def parse(cls, name: str, raw: str) -> Any:
-        """The value of option ``name`` written as text (``"0.3"``, ``"true"``, ``"0.9,0.99"``)."""
+    def parse(cls, name: str, raw: Any) -> Any:
+        """The value of option ``name`` written as text (``"0.3"``, ``"true"``,
+        ``"0.9,0.99"``); a value that is not text is taken as it is (and checked
+        when the options are built)."""
         (info,) = [i for i in cls.describe() if i.name == name]
-        return parse_typed(raw, info.type, name)
+        return parse_typed(raw, info.type, name) if isinstance(raw, str) else raw
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)

@@ -178,3 +178,10 @@ def test_the_library_class_takes_the_options_by_the_same_names(name, mnist1d):
     else:
         got = built.options.to_dict()
     assert got == defaults.to_dict()
+
+
+def test_sets_may_be_typed_values_as_well_as_text(mnist1d):
+    bench = prepare(mnist1d, ["srs:0.1+adam"], [0], sets={"lr": 0.01, "epochs": 3})
+    assert bench.runs[0].optimizer.options.lr == 0.01 and bench.config.epochs == 3
+    with pytest.raises(ValueError, match="lr must be a number, got 'x'|expected a number"):
+        prepare(mnist1d, ["full"], [0], sets={"lr": "x"})

@@ -111,7 +111,7 @@ class Component:
         name, _, option = key.rpartition("/")
         return option in self.method.exposed and name in ("", self.method.name)
 
-    def set(self, key: str, raw: str) -> Component:
+    def set(self, key: str, raw: Any) -> Component:
         """This component with option ``key`` (``name/key`` too) parsed from ``raw``."""
         option = key.rpartition("/")[2]
         value = self.options.parse(option, raw)
@@ -136,7 +136,7 @@ class RunSpec:
 
 def parse_run(
     text: str,
-    sets: Mapping[str, str] | None = None,
+    sets: Mapping[str, Any] | None = None,
     defaults: Mapping[str, str] | None = None,
 ) -> RunSpec:
     """Parse ``a+b+c`` into a ``RunSpec``.

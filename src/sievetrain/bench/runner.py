@@ -24,7 +24,7 @@ from sievetrain.bench.registry import RunSpec, parse_run
 from sievetrain.data import DataSplit
 from sievetrain.files import append_jsonl, atomic_torch_save, load_torch, read_jsonl
 from sievetrain.models import DEFAULT_MODEL, build_model, check_model
-from sievetrain.options import ArgumentError, RunContext, parse_typed
+from sievetrain.options import ArgumentError, RunContext
 from sievetrain.rng import derive_seed
 from sievetrain.train import TrainConfig, Trainer, environment
 
@@ -51,7 +51,7 @@ def prepare(
     *,
     model: str | None = None,
     config: TrainConfig = TrainConfig(),
-    sets: Mapping[str, str] | None = None,
+    sets: Mapping[str, Any] | None = None,
     optimizer: str | None = None,
 ) -> Bench:
     """Resolve and validate everything before any training starts, so that bad
@@ -62,7 +62,7 @@ def prepare(
     the one check that needs a model (an early exit that fits) gets one model,
     built once.
 
-    ``sets`` map ``KEY`` (or ``NAME/KEY``) to a value written as text: training-config
+    ``sets`` map ``KEY`` (or ``NAME/KEY``) to a value, written as text or typed: training-config
     fields, or options of the methods, applied to every run whose methods have them.
     ``optimizer`` is the optimizer-level method of runs that name none (default sgd).
     """
@@ -74,9 +74,7 @@ def prepare(
         raise ValueError(f"dataset {data.name!r} has no training samples")
     sets = dict(sets or {})
     fields = {info.name: info for info in TrainConfig.describe()}
-    config = config.replace(
-        **{k: parse_typed(v, fields[k].type, k) for k, v in sets.items() if k in fields}
-    )
+    config = config.replace(**{k: TrainConfig.parse(k, v) for k, v in sets.items() if k in fields})
     method_sets = {k: v for k, v in sets.items() if k not in fields}
     defaults = {"optimizer": optimizer} if optimizer is not None else None
     runs = tuple(parse_run(m, method_sets, defaults) for m in methods)
