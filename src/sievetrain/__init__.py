@@ -2,9 +2,14 @@
 
 The pieces for your own PyTorch loop:
 
-- ``sievetrain.sampling.SoftRandomSampler``: a fresh uniform random subset per epoch.
+- ``sievetrain.sampling.SoftRandomSampler``: a fresh uniform random subset per epoch;
+  ``EpochSampler`` is the protocol of epoch-level samplers.
+- ``sievetrain.selection``: batch-level selectors; ``Selector`` is their protocol.
+- ``sievetrain.optim.StochGradAdam``: Adam on a random subset of gradient entries.
 - ``sievetrain.train.Trainer``: the accounted training loop the CLI uses.
-- ``sievetrain.selection``: the batch-level selector hook.
+
+Each method's options are one frozen dataclass (``SRSOptions``, ``SIFTOptions``, ...;
+see ``sievetrain.options``), the single home of their defaults.
 """
 
 __version__ = "0.1.0"
