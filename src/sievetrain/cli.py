@@ -18,7 +18,6 @@ import torch
 
 from sievetrain.bench import RESULTS, prepare, run_bench, write_report
 from sievetrain.bench.cards import methods_listing, write_cards
-from sievetrain.bench.runner import check_output
 from sievetrain.data import DATASETS, load_dataset
 from sievetrain.files import CheckpointError
 from sievetrain.options import ArgumentError
@@ -72,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             on_run=lambda r: log.run(next(count), total, r),
             on_epoch=log.epoch if args.command == "train" else None,
         )
-    except CheckpointError as error:  # one that appeared after the check at the start
+    except ArgumentError as error:  # results there already, and no --resume
+        return _error(error.render(FLAGS))
+    except CheckpointError as error:  # checked before any training; names the file
         return _error(str(error))
     except KeyboardInterrupt:
         print(
@@ -117,7 +118,6 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
         device=device,
     )
     out = _writable_dir(Path(args.out))
-    check_output(out, resume=args.resume)
     data = load_dataset(
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
     )

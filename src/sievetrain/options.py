@@ -120,6 +120,11 @@ class Options:
         (info,) = [i for i in cls.describe() if i.name == name]
         return parse_typed(raw, info.type, name) if isinstance(raw, str) else raw
 
+    @classmethod
+    def of(cls, source: Any) -> Options:
+        """These options as read from ``source``'s attributes of the same names."""
+        return cls(**{name: getattr(source, name) for name in cls.names()})
+
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
 

@@ -28,11 +28,21 @@ class Reversed(EpochSampler):
         self.load_position(state["epoch"], state["position"])
 
 
-def test_the_defaults_weigh_nothing_and_report_nothing():
-    sampler = Reversed(5)
+class Plain(EpochSampler):
+    """Overrides only what it must: its indices."""
+
+    def _compute_indices(self, epoch):
+        return torch.arange(4) + epoch
+
+
+def test_the_defaults_weigh_nothing_report_nothing_and_refresh_changes_nothing():
+    sampler = Plain()
+    sampler.set_epoch(2)
+    before = list(sampler)
+    sampler.refresh(torch.nn.Linear(1, 1), None)
+    assert list(sampler) == before == [2, 3, 4, 5]
     assert sampler.sample_weights(torch.arange(3)) is None
     assert sampler.stats() == {}
-    assert EpochSampler.refresh(sampler, None, None) is None
 
 
 def test_indices_are_a_function_of_the_epoch_and_resume_at_their_position():

@@ -14,7 +14,6 @@ method's main option (its ``knob``, e.g. a sampler's ``ratio``) and each
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,7 +114,7 @@ class Component:
         """This component with option ``key`` (``name/key`` too) parsed from ``raw``."""
         option = key.rpartition("/")[2]
         value = self.options.parse(option, raw)
-        return Component(self.method, dataclasses.replace(self.options, **{option: value}))
+        return Component(self.method, self.options.replace(**{option: value}))
 
 
 @dataclass(frozen=True)
@@ -141,10 +140,10 @@ def parse_run(
 ) -> RunSpec:
     """Parse ``a+b+c`` into a ``RunSpec``.
 
-    ``sets`` (the CLI's ``--set``) map ``KEY`` or ``NAME/KEY`` to a value written as
-    text; each applies to the component of the run that has that option. ``defaults``
-    maps a level to the method a run without one of that level takes (e.g.
-    ``{"optimizer": "stochgradadam"}``).
+    ``sets`` (the CLI's ``--set``) map ``KEY`` or ``NAME/KEY`` to a value, as text
+    (parsed by the option's type) or typed; each applies to the component of the run
+    that has that option. ``defaults`` maps a level to the method a run without one
+    of that level takes (e.g. ``{"optimizer": "stochgradadam"}``).
 
     Raises:
         ValueError: naming an unknown method or option, a bad value, two methods of

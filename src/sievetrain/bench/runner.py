@@ -7,7 +7,6 @@ finished runs and continues the one that was interrupted from its last epoch.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -90,19 +89,13 @@ def prepare(
     if len({r.label for r in runs}) != len(runs):
         raise ValueError(f"a method is listed twice in {list(methods)}")
     model = model or DEFAULT_MODEL[data.name]
-    context = RunContext(
-        n=len(data.train),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        num_classes=data.num_classes,
-    )
+    check_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
+    context = _context(data, config)
     if any(c.options.needs_model for run in runs for c in run.components()):
         with torch.random.fork_rng(devices=[]):
             net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
         # Two samples: batch norm in training mode needs more than one.
-        context = dataclasses.replace(context, model=net, sample=data.train[:2])
-    else:  # still check that the model exists and takes the data
-        check_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
+        context = _context(data, config, model=net, sample=data.train[:2])
     for run in runs:
         for component in run.components():
             component.options.check(context)
@@ -134,14 +127,7 @@ def build_trainer(bench: Bench, run: RunSpec, seed: int, *, progress: bool = Fal
         torch.manual_seed(derive_seed(seed, "init"))
         model = build_model(bench.model, num_classes=data.num_classes, input_shape=data.input_shape)
     model = model.to(config.device)
-    context = RunContext(
-        n=len(data.train),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        num_classes=data.num_classes,
-        seed=seed,
-        model=model,
-    )
+    context = _context(data, config, seed=seed, model=model)
     return Trainer(
         model,
         run.optimizer.build(context),
@@ -266,6 +252,17 @@ def check_output(out: Path, *, resume: bool) -> list[dict[str, Any]]:
         for checkpoint in sorted((out / "checkpoints").glob("*.pt")):
             load_torch(checkpoint)
     return done
+
+
+def _context(data: DataSplit, config: TrainConfig, **run: Any) -> RunContext:
+    """What the methods of a run on ``data`` with ``config`` need to be checked or built."""
+    return RunContext(
+        n=len(data.train),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        num_classes=data.num_classes,
+        **run,
+    )
 
 
 def _slug(label: str) -> str:

@@ -216,9 +216,7 @@ class GradMatchSampler(EpochSampler):
 
     @property
     def options(self) -> GradMatchOptions:
-        return GradMatchOptions(
-            **{name: getattr(self._plan, name) for name in GradMatchOptions.names()}
-        )
+        return GradMatchOptions.of(self._plan)
 
     def refresh(
         self, model: nn.Module, dataset: Dataset, *, layer: nn.Module | None = None

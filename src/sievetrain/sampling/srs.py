@@ -224,7 +224,7 @@ class SoftRandomSampler(EpochSampler):
 
     @property
     def options(self) -> SRSOptions:
-        return SRSOptions(**{name: getattr(self._plan, name) for name in SRSOptions.names()})
+        return SRSOptions.of(self._plan)
 
     @property
     def subset_size(self) -> int:
