@@ -27,3 +27,22 @@ def mnist1d(_private_cache):
     from sievetrain.data import load_dataset
 
     return load_dataset("mnist1d", train_size=2000, test_size=500)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(_private_cache):
+    """The folder Fashion-MNIST loads from without a download; skips the test when there is none.
+
+    The one guard for every test that reads Fashion-MNIST. It asks the loader's own
+    search (the Debian folder, then the session's cache) with downloads off, so a
+    test that is not skipped finds the files exactly where ``load_dataset`` will.
+    """
+    from sievetrain.data import datasets
+
+    try:
+        return datasets._find_fashion_mnist(None, None, download=False)
+    except ValueError:
+        pytest.skip(
+            f"Fashion-MNIST not found locally: install the Debian package "
+            f"dataset-fashion-mnist ({datasets.DEBIAN_FASHION_MNIST_DIR})"
+        )

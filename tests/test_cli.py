@@ -167,18 +167,42 @@ def test_train_single_run_and_methods_listing(tmp_path):
             ["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"],
             "--data-dir '/nonexistent/fmnist' does not hold",
         ),
+        # The faults a new user met (issue 13):
+        (["--methods", "srs:0.3,fixed:0"], "'fixed:0': ratio"),  # names the method
+        (["--methods", "srs:0.3,fixed:0.0001"], "'fixed:0.0001'"),
+        (["--seeds", "0,0"], "--seeds lists seed 0 more than once"),
+        (["--seeds", "3,1,3"], "seed 3"),
+        (["--device", "bogus"], "device='bogus': not a torch device"),
+        (["--set", "device=bogus"], "device='bogus'"),
+        (["--device", "meta"], "device='meta'"),
+        (["--set", "milestones=0.5,x"], "milestones='x'"),
+        (["--set", "milestones=1.5"], "milestones=(1.5,)"),
+        (["--resume"], "--resume needs --out"),
+        (["--train-size", "100000000"], "would take about"),
+        (["--data-dir", "/nonexistent"], "--data-dir '/nonexistent' is for Fashion-MNIST"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, capsys, args, fragment):
     base = ["--dataset", "mnist1d", "--train-size", "600", "--test-size", "200", "--epochs", "1"]
-    code, out, err = sievetrain_in_process(
-        capsys, "bench", *base, *args, "--out", str(tmp_path / "o")
-    )
-    assert code == 2, (out, err)
+    out = [] if "--resume" in args else ["--out", str(tmp_path / "o")]
+    code, stdout, err = sievetrain_in_process(capsys, "bench", *base, *args, *out)
+    assert code == 2, (stdout, err)
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], err
-    assert not (tmp_path / "o" / "results.jsonl").exists()
+    assert not (tmp_path / "o").exists(), "a rejected bench creates no folder"
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the error on a machine without CUDA"
+)
+def test_unavailable_cuda_is_a_clear_error_before_any_folder(tmp_path, capsys):
+    code, _, err = sievetrain_in_process(
+        capsys, "bench", *SMALL, "--device", "cuda", "--out", str(tmp_path / "o")
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "device='cuda': CUDA is not available" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_unwritable_output_dir(tmp_path, capsys):
@@ -188,43 +212,12 @@ def test_unwritable_output_dir(tmp_path, capsys):
         capsys, "bench", *SMALL, "--epochs", "1", "--out", str(blocker / "out")
     )
     assert code == 2 and "Traceback" not in err
-    assert str(blocker / "out") in err
-
-
-class Payload:
-    """Unpickling this creates ``path``: what a malicious checkpoint would do."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-@pytest.mark.parametrize("kind", ["code", "truncated"])
-def test_resume_refuses_an_unsafe_checkpoint_naming_it_and_keeps_results(tmp_path, capsys, kind):
-    import torch
-
-    out = tmp_path / "o"
-    (out / "checkpoints").mkdir(parents=True)
-    results = out / "results.jsonl"
-    results.write_text('{"run_key": "finished", "method": "full", "seed": 9}\n')
-    before = results.read_bytes()
-    marker, checkpoint = tmp_path / "pwned", out / "checkpoints" / "full-seed0-abc.pt"
-    if kind == "code":
-        torch.save({"run_key": "x", "trainer": Payload(marker)}, checkpoint)
-    else:
-        torch.save({"run_key": "x", "trainer": {"w": torch.zeros(1000)}}, checkpoint)
-        checkpoint.write_bytes(checkpoint.read_bytes()[:500])
-    code, out_text, err = sievetrain_in_process(
-        capsys, "bench", *SMALL, "--methods", "full", "--seeds", "0", "--epochs", "1",
-        "--out", str(out), "--resume",
-    )  # fmt: skip
-    assert code == 2 and "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and str(checkpoint) in lines[0], err
-    assert not marker.exists()
-    assert results.read_bytes() == before
+    assert str(blocker / "out") in err and "is a file" in err
+    code, _, err = sievetrain_in_process(
+        capsys, "bench", *SMALL, "--epochs", "1", "--out", str(blocker)
+    )
+    assert code == 2 and f"--out {str(blocker)!r} is a file, not a folder" in err
+    assert blocker.read_text() == "not a directory"
 
 
 def test_existing_results_need_resume(tmp_path):
@@ -270,3 +263,264 @@ def test_killed_bench_keeps_finished_runs_and_resume_completes_it(tmp_path):
     key = lambda r: (r["method"], r["seed"])  # noqa: E731
     accs = {key(r): [h["test_accuracy"] for h in r["history"]] for r in records(clean)}
     assert {key(r): [h["test_accuracy"] for h in r["history"]] for r in after} == accs
+
+
+# -- The output folder: nothing of the user's is overwritten, --resume continues only
+# -- the same bench, damaged files are named or moved aside (issue 13).
+
+ONE = [*SMALL, "--methods", "full", "--seeds", "0", "--epochs", "1"]
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_with_a_report_or_plots_is_refused_and_left_as_it_was(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    (out / "accuracy_vs_time.png").write_bytes(b"my plot")
+    before = snapshot(out)
+    code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out))
+    assert code == 2 and err.count("\n") == 1
+    assert "already holds a bench's output (report.md, accuracy_vs_time.png)" in err
+    assert snapshot(out) == before
+
+
+def test_files_of_the_users_own_survive_a_bench_in_their_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / ".draft.tmp").write_text("not the writer's temporary file")
+    code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out))
+    assert code == 0, err
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / ".draft.tmp").exists()
+    assert not (out / "checkpoints").exists(), "no empty checkpoints/ left behind"
+    assert {p.name for p in out.iterdir()} == {
+        "notes.txt",
+        ".draft.tmp",
+        "bench.json",
+        "results.jsonl",
+        "report.md",
+        "accuracy_vs_time.png",
+        "entropy_vs_epoch.png",
+    }
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--methods", "full,srs:0.5"], 'methods: ["full"] there, ["full", "srs:0.5"] here'),
+        (["--epochs", "2"], "train.epochs: 1 there, 2 here"),
+        (["--batch-size", "64"], "train.batch_size: 128 there, 64 here"),
+        (["--seeds", "0,1"], "seeds: [0] there, [0, 1] here"),
+        (["--set", "lr=0.01"], "resolved.full.optimizer.options.lr: 0.05 there, 0.01 here"),
+        (["--train-size", "500"], "train_size: 600 there, 500 here"),
+    ],
+)
+def test_resume_of_another_bench_is_refused_naming_what_differs(tmp_path, capsys, change, named):
+    out = tmp_path / "o"
+    assert sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out))[0] == 0
+    before = snapshot(out)
+    code, _, err = sievetrain_in_process(
+        capsys, "bench", *ONE, *change, "--out", str(out), "--resume"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds another bench" in err and named in err
+    assert snapshot(out) == before, "the earlier results, report and plots are untouched"
+
+
+def interrupt_after_first_run(monkeypatch):
+    """Ctrl-C right after the first run's record is written."""
+    import sievetrain.bench.runner as runner
+
+    real = runner.append_jsonl
+
+    def append_then_interrupt(path, record):
+        real(path, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "append_jsonl", append_then_interrupt)
+
+
+def test_an_interrupted_bench_says_what_was_saved_and_resume_counts_on(
+    tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "o"
+    args = ["bench", *SMALL, "--methods", "full,srs:0.5", "--seeds", "0", "--epochs", "1"]
+    with monkeypatch.context() as patch:
+        interrupt_after_first_run(patch)
+        code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out))
+    assert code == 130
+    assert err.splitlines()[-1] == (
+        f"sievetrain: interrupted; 1 finished run in {str(out / 'results.jsonl')!r}; "
+        f"--resume --out {out} continues"
+    )
+    args.remove("--quiet")
+    code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out), "--resume")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == f"resuming {str(out)!r}: 1 of 2 runs finished, skipped (full seed 0)"
+    assert lines[-1].startswith("[2/2] srs:0.5 seed 0: test accuracy")
+    assert len(records(out)) == 2
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"run_key": ', "line 2 is not valid JSON"),
+        ("[1, 2]", "line 2 is not a JSON object: [1, 2]"),
+        ('{"method": "full"}', "record 2 lacks run_key"),
+    ],
+)
+def test_a_damaged_results_line_is_named_by_file_and_line(tmp_path, capsys, content, message):
+    out = tmp_path / "o"
+    assert sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out))[0] == 0
+    results = out / "results.jsonl"
+    results.write_text(results.read_text() + content + "\n")
+    before = snapshot(out)
+    code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out), "--resume")
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(results) in err and message in err
+    assert snapshot(out) == before
+
+
+def test_resume_moves_a_damaged_checkpoint_aside_and_removes_stale_temporaries(
+    tmp_path, capsys, monkeypatch
+):
+    import sievetrain.cli as cli
+
+    out = tmp_path / "o"
+    args = ["bench", *SMALL, "--methods", "full,srs:0.5", "--seeds", "0", "--epochs", "2"]
+    epochs = []
+
+    def interrupt_after_the_third_epoch(self, run, seed, entry):
+        real_epoch(self, run, seed, entry)
+        epochs.append(entry)
+        if len(epochs) == 3:  # full's two epochs, then srs:0.5's first
+            raise KeyboardInterrupt
+
+    real_epoch = cli._Log.epoch
+    with monkeypatch.context() as patch:
+        patch.setattr(cli._Log, "epoch", interrupt_after_the_third_epoch)
+        code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out))
+    assert code == 130
+    assert "1 finished run in" in err and "srs:0.5 seed 0 was saved after epoch 1" in err
+    # What kill -9 leaves: a damaged checkpoint, 0-byte temporaries of the writer.
+    (checkpoint,) = (out / "checkpoints").glob("srs*.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:300])
+    (out / ".results.jsonl.ab12cd34.tmp").write_bytes(b"")
+    (out / "checkpoints" / f".{checkpoint.name}.x9y8z7w6.tmp").write_bytes(b"")
+    code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out), "--resume")
+    assert code == 0, err
+    (warning,) = [line for line in err.splitlines() if "warning" in line]
+    assert warning.startswith(f"sievetrain: warning: {str(checkpoint)!r} cannot be loaded")
+    assert warning.endswith("the run starts afresh")
+    assert [p.name for p in out.rglob("*.tmp")] == []
+    assert (out / "checkpoints" / f"{checkpoint.name}.damaged").exists()
+    assert [r["method"] for r in records(out)] == ["full", "srs:0.5"]
+
+
+def test_milestones_are_set_from_the_cli_one_or_several(tmp_path, capsys):
+    for value, expected in (("0.5", [0.5]), ("0.5,0.75", [0.5, 0.75])):
+        out = tmp_path / value
+        code, _, err = sievetrain_in_process(
+            capsys, "bench", *ONE, "--set", f"milestones={value}", "--out", str(out)
+        )
+        assert code == 0, err
+        (r,) = records(out)
+        assert r["config"]["train"]["milestones"] == expected
+
+
+def test_benches_without_out_each_get_a_fresh_folder(tmp_path, capsys, monkeypatch):
+    """``make demo`` can be run again: no --out means a new dated folder."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        code, stdout, err = sievetrain_in_process(capsys, "bench", *ONE)
+        assert code == 0, err
+    folders = sorted((tmp_path / "sievetrain-bench").iterdir())
+    assert len(folders) == 2 and all((f / "results.jsonl").exists() for f in folders)
+    assert "· 1 epoch\n" in (folders[0] / "report.md").read_text().splitlines()[0] + "\n"
+
+
+def test_help_shows_the_defaults_and_version_prints(capsys):
+    code, stdout, _ = sievetrain_in_process(capsys, "bench", "--help")
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "(default: a new sievetrain-bench/DATE-TIME)" in text
+    assert "(default: 0,1,2)" in text and "(default: 128)" in text
+    from sievetrain import __version__
+
+    assert sievetrain_in_process(capsys, "--version")[:2] == (0, f"sievetrain {__version__}\n")
+
+
+@pytest.mark.parametrize("where", ["load_dataset", "prepare", "check_output"])
+def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, capsys, monkeypatch, where):
+    import sievetrain.bench
+    import sievetrain.bench.runner
+    import sievetrain.data
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module = {
+        "load_dataset": sievetrain.data,
+        "prepare": sievetrain.bench,
+        "check_output": sievetrain.bench.runner,
+    }[where]
+    monkeypatch.setattr(module, where, interrupt)
+    code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(tmp_path / "o"))
+    assert code == 130
+    assert err == "sievetrain: interrupted; nothing was written\n"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path, delay):
+    """A real SIGINT, during imports, data loading, validation or training."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sievetrain", "bench", *ONE, "--out", str(tmp_path / "o")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip(f"the bench finished within {delay} s")  # nothing was interrupted
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "sievetrain: interrupted; " in stderr
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(tmp_path):
+    out = tmp_path / "o"
+    args = [a for a in SMALL if a != "--quiet"]
+    proc = sievetrain(
+        "bench", *args, "--methods", "full,srs:0.5", "--seeds", "0", "--epochs", "2",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    epochs = [line.partition(": ")[0] for line in lines if " · epoch " in line]
+    assert epochs == [
+        "full seed 0 · epoch 1",
+        "full seed 0 · epoch 2",
+        "srs:0.5 seed 0 · epoch 1",
+        "srs:0.5 seed 0 · epoch 2",
+    ]
+    assert all("test accuracy" in line and " s, " in line for line in lines if "epoch" in line)
+
+
+def test_a_damaged_or_missing_manifest_stops_resume_naming_it(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out))[0] == 0
+    (out / "bench.json").write_text('{"dataset": "mnist1d", ')
+    code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out), "--resume")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{str(out / 'bench.json')!r} is damaged" in err
+    (out / "bench.json").unlink()
+    code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out), "--resume")
+    assert code == 2 and "but no bench.json" in err and "results.jsonl" in err

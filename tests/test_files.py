@@ -1,6 +1,8 @@
 """Atomic writes and safe loads (files.py)."""
 
 import os
+import re
+import stat
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sievetrain.files import (
     atomic_write_text,
     load_torch,
     read_jsonl,
+    remove_temporaries,
 )
 
 
@@ -45,3 +48,45 @@ def test_jsonl_appends_keep_earlier_lines(tmp_path):
     append_jsonl(path, {"b": 2})
     assert read_jsonl(path) == [{"a": 1}, {"b": 2}]
     assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_honour_the_umask_and_replaced_files_keep_their_mode(tmp_path, umask, expected):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "new.txt", "x")
+        (tmp_path / "kept.txt").write_text("old")
+        os.chmod(tmp_path / "kept.txt", 0o640)
+        atomic_write_text(tmp_path / "kept.txt", "new")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == expected
+    assert stat.S_IMODE((tmp_path / "kept.txt").stat().st_mode) == 0o640
+    assert (tmp_path / "kept.txt").read_text() == "new"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"a": 1}\n{"b": \n', "line 2 is not valid JSON"),
+        ('{"a": 1}\n\n7\n', "line 3 is not a JSON object: 7"),
+        ('"just a string"\n', "line 1 is not a JSON object"),
+    ],
+)
+def test_a_damaged_jsonl_line_is_named_by_file_and_line(tmp_path, text, message):
+    path = tmp_path / "results.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{str(path)!r} {message}")):
+        read_jsonl(path)
+    path.write_bytes(b'{"a": "\xff"}\n')
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        read_jsonl(path)
+
+
+def test_only_the_writers_temporaries_of_the_given_targets_are_removed(tmp_path):
+    ours = [tmp_path / ".report.md.ab12cd34.tmp", tmp_path / ".report.md.k_3x9qzz.tmp"]
+    theirs = [tmp_path / ".notes.tmp", tmp_path / ".data.csv.ab12cd34.tmp", tmp_path / "x.tmp"]
+    for path in ours + theirs:
+        path.write_bytes(b"")
+    assert remove_temporaries(tmp_path, "report.md") == sorted(ours)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)

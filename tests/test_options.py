@@ -2,8 +2,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
+import torch
 
+from sievetrain.optim import StochGradAdam
 from sievetrain.options import ArgumentError, Options, option, parse_typed
+from sievetrain.sampling import GradMatchSampler, SoftRandomSampler
+from sievetrain.selection import SIFT, RandomKeep, SelectiveBackprop
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,39 @@ def test_argument_errors_name_the_keyword_or_the_flag():
     error = ArgumentError("pass {seeds} {with braces}", seeds="seeds=")
     assert str(error) == "pass seeds= {with braces}"
     assert error.render({"seeds": "--seeds"}) == "pass --seeds {with braces}"
+
+
+def _params():
+    return [torch.nn.Parameter(torch.zeros(2))]
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (lambda: SoftRandomSampler(100, "0.5"), "ratio must be a number, got '0.5'"),
+        (lambda: SoftRandomSampler(100, 0.5, seed="1"), "seed must be an integer, got '1'"),
+        (
+            lambda: GradMatchSampler(100, "0.5", batch_size=10, epochs=4),
+            "ratio must be a number, got '0.5'",
+        ),
+        (
+            lambda: GradMatchSampler(100, 0.5, batch_size=10, epochs="4"),
+            "epochs must be an integer, got '4'",
+        ),
+        (lambda: SIFT("0.5"), "ratio must be a number, got '0.5'"),
+        (lambda: SIFT(0.5, num_classes="10"), "num_classes must be an integer, got '10'"),
+        (lambda: SIFT(0.5, num_classes=0), "num_classes must be >= 1, got 0"),
+        (lambda: RandomKeep("0.5"), "ratio must be a number, got '0.5'"),
+        (lambda: RandomKeep(0.5, seed=1.5), "seed must be an integer, got 1.5"),
+        (lambda: SelectiveBackprop("3"), "beta must be a number, got '3'"),
+        (lambda: SelectiveBackprop(3.0, seed=None), "seed must be an integer, got None"),
+        (
+            lambda: StochGradAdam(_params(), sampling_rate="0.5"),
+            "sampling_rate must be a number, got '0.5'",
+        ),
+        (lambda: StochGradAdam(_params(), seed="x"), "seed must be an integer, got 'x'"),
+    ],
+)
+def test_every_library_class_names_a_bad_argument_and_its_value(build, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        build()

@@ -1,24 +1,68 @@
-"""The README's library example is a contract: it must run as printed and learn."""
+"""The README's Python blocks are a contract: each runs as printed, in order and in
+one namespace (a block continues the ones before it), and does what its prose says."""
 
+import math
 import re
 from pathlib import Path
+
+from sievetrain.optim import StochGradAdam
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_blocks() -> list[tuple[int, str]]:
+    """Every ```python block of the README, with the line number it starts after."""
+    text = README.read_text()
+    return [
+        (text.count("\n", 0, match.start(1)), match.group(1))
+        for match in re.finditer(r"```python\n(.*?)```", text, flags=re.S)
+    ]
 
 
-def test_readme_library_example_runs_and_learns(capsys):
-    blocks = python_blocks()
-    assert len(blocks) == 2, "the README shows the sampler loop and the trainer"
-    namespace: dict = {}
-    for block in blocks:  # the second block continues the first
-        exec(compile(block, str(README), "exec"), namespace)
-    assert "distinct samples seen" in capsys.readouterr().out
+def check_sampler_loop(namespace, out):
+    assert "distinct samples seen" in out
     # 20 epochs of a fresh 30 % subset cover nearly everything (1 - 0.7**20 > 99.9 %).
     assert namespace["coverage"].fraction > 0.99
+
+
+def check_trainer(namespace, out):
     summary = namespace["summary"]
     assert summary.final_test_accuracy > 0.5  # ten classes: chance is 0.1
     assert summary.optimizer_steps == 20 * -(-round(0.3 * 4000) // 128)
+
+
+def check_stochgradadam(namespace, out):
+    optimizer = namespace["optimizer"]
+    assert isinstance(optimizer, StochGradAdam)
+    # One step per batch of the epoch, on every parameter, with masks drawn.
+    assert {int(s["step"]) for s in optimizer.state.values()} == {len(namespace["loader"])}
+    assert len(optimizer.state) == len(list(namespace["model"].parameters()))
+    assert "cpu" in optimizer.state_dict()["generators"]
+
+
+def check_sift(namespace, out):
+    keep, y, selector = namespace["keep"], namespace["y"], namespace["selector"]
+    assert len(keep) == len(keep.unique()) == math.ceil(0.5 * len(y))
+    assert selector.stats()["samples_forwarded_partially"] == len(namespace["sampler"])
+    assert selector.exit is None  # the hook is off the model again
+
+
+def check_gradmatch(namespace, out):
+    # κ = 0.5 of 4 epochs at r = 0.1: round(0.5 * 4 * 0.1) = 0 full-data epochs, epochs
+    # 0 and 1 skipped (empty), then floor(0.1 * 31 + 1/2) = 3 of the 31 full batches.
+    assert namespace["trained"] == [0, 0, 3 * 128, 3 * 128]
+    assert "[0, 0, 384, 384]" in out
+    assert [s["epoch"] for s in namespace["sampler"].selections] == [2, 3]
+
+
+CHECKS = [check_sampler_loop, check_trainer, check_stochgradadam, check_sift, check_gradmatch]
+
+
+def test_every_python_block_runs_in_order_and_does_what_it_says(capsys):
+    blocks = python_blocks()
+    assert len(blocks) == len(CHECKS), "one check per ```python block of the README"
+    namespace: dict = {}
+    for (line, block), check in zip(blocks, CHECKS, strict=True):
+        # Blank lines first, so that a traceback names the README's own line.
+        exec(compile("\n" * line + block, str(README), "exec"), namespace)
+        check(namespace, capsys.readouterr().out)

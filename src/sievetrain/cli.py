@@ -1,32 +1,37 @@
 """The command line: ``sievetrain train``, ``sievetrain bench``, ``sievetrain methods``.
 
-Bad input ends with a one-line message on stderr and exit code 2, before any
-training starts; results are written as runs finish, so an interrupted bench
-loses at most the epoch in progress (``--resume`` continues it).
+Bad input ends with a one-line message on stderr and exit code 2, before any folder
+is created or any training starts; results are written as runs finish, so an
+interrupted bench loses at most the epoch in progress (``--resume`` continues it),
+and Ctrl-C at any moment exits 130 with one line saying what was saved.
+
+This module imports only the standard library at the top: the heavy imports (torch)
+happen inside :func:`main`, where an interrupt is caught like any other.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
+import signal
 import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-
-from sievetrain.bench import RESULTS, prepare, run_bench, write_report
-from sievetrain.bench.cards import methods_listing, write_cards
-from sievetrain.data import DATASETS, load_dataset
-from sievetrain.files import CheckpointError
-from sievetrain.options import ArgumentError
-from sievetrain.train import TrainConfig
 
 __all__ = ["main"]
 
 DEFAULT_METHODS = "full,srs:0.1,srs:0.3,srs:0.5,fixed:0.3"
 DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10, "shakespeare": 5}
+# Each bench without --out gets a fresh folder: PARENT/YYYYmmdd-HHMMSS.
+DEFAULT_OUT = {"train": "sievetrain-train", "bench": "sievetrain-bench"}
 # Flags that set an optimizer option for every run (--lr X is --set lr=X): name -> help.
 SHORTHANDS = {
     "lr": "learning rate (default: the optimizer's)",
@@ -40,51 +45,84 @@ FLAGS = {
     "sets": "--set",
     "resume": "--resume",
     "data_dir": "--data-dir",
+    "out": "--out",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    state = _State()
+    try:
+        with _interrupts_deferred():
+            # torch's import can abort the process or swallow an interrupt that lands
+            # inside it: Ctrl-C there takes effect once the imports are done.
+            import torch  # noqa: F401
+
+            import sievetrain.bench
+            import sievetrain.data  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _main(argv, state)
+    except KeyboardInterrupt:
+        print(f"sievetrain: interrupted; {state.saved()}", file=sys.stderr)
+        return 130
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT inside the block is held, and raised as KeyboardInterrupt at its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can handle signals
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda *_: held.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
+def _main(argv: list[str], state: _State) -> int:
     args = _parser().parse_args(argv)
     if args.command == "methods":
+        from sievetrain.bench.cards import methods_listing, write_cards
+
         if args.write_cards is not None:
             for path in write_cards(args.write_cards):
                 print(f"updated {path}")
             return 0
         print(methods_listing(), end="")
         return 0
+    from sievetrain.bench import RESULTS, run_bench, write_report
+    from sievetrain.options import ArgumentError
+
     try:
-        bench, out = _setup(args)
+        bench, out, done = _setup(args)
     except ArgumentError as error:
         return _error(error.render(FLAGS))
-    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+    except (ValueError, OSError) as error:
         return _error(str(error))
-    log = _Log(quiet=args.quiet)
     total = len(bench.runs) * len(bench.seeds)
-    count = iter(range(1, total + 1))
-    try:
-        records = run_bench(
-            bench,
-            out,
-            resume=args.resume,
-            progress=log.interactive,
-            on_run=lambda r: log.run(next(count), total, r),
-            on_epoch=log.epoch if args.command == "train" else None,
-        )
-    except ArgumentError as error:  # results there already, and no --resume
-        return _error(error.render(FLAGS))
-    except CheckpointError as error:  # checked before any training; names the file
-        return _error(str(error))
-    except KeyboardInterrupt:
-        print(
-            f"sievetrain: interrupted; finished runs are in {out / RESULTS}, "
-            "the run in progress resumes from its last epoch with --resume",
-            file=sys.stderr,
-        )
-        return 130
+    log = _Log(state, args, total, len(done))
+    if done:
+        log.skipped(out, done)
+    state.out, state.finished = out, len(done)
+    records = run_bench(
+        bench,
+        out,
+        resume=args.resume,
+        progress=log.interactive,
+        on_start=log.start,
+        on_epoch=log.epoch,
+        on_run=log.run,
+    )
+    state.trained = True
     table = write_report(
         out, records, command=shlex.join(["sievetrain", *argv]), target=bench.config.target_accuracy
     )
+    state.reported = True
     print(table, end="")
     print(
         f"results: {out / RESULTS}\n"
@@ -99,7 +137,19 @@ def _error(message: str) -> int:
     return 2
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"sievetrain: warning: {message}", file=sys.stderr)
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
+    """Everything checked, nothing written: the bench, its folder and its finished runs."""
+    import torch
+
+    from sievetrain.bench import prepare
+    from sievetrain.bench.runner import check_output
+    from sievetrain.data import DATASETS, load_dataset
+    from sievetrain.train import TrainConfig
+
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
     methods = [args.method] if args.command == "train" else _split_methods(args.methods)
@@ -108,6 +158,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
     for flag in SHORTHANDS:  # --lr 0.01 is --set lr=0.01
         if getattr(args, flag) is not None:
             sets[flag] = getattr(args, flag)  # text: the registry parses it, once
+    out = _output_folder(args)
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -117,25 +168,52 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path]:
         target_accuracy=args.target_accuracy,
         device=device,
     )
-    out = _writable_dir(Path(args.out))
     data = load_dataset(
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
     )
     bench = prepare(
         data, methods, seeds, model=args.model, config=config, sets=sets, optimizer=args.optimizer
     )
-    return bench, out
+    return bench, out, check_output(out, bench, resume=args.resume)
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """``--out``, or a fresh dated folder; checked to be creatable, not created."""
+    if args.out is None:
+        if args.resume:
+            raise ValueError("--resume needs --out: the folder of the bench to continue")
+        parent = Path(DEFAULT_OUT[args.command])
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out, n = parent / stamp, 1
+        while out.exists():
+            n += 1
+            out = parent / f"{stamp}-{n}"
+    else:
+        out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"--out {str(out)!r} is not writable: no write permission on {str(existing)!r}"
+        )
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
+    from sievetrain import __version__
+    from sievetrain.data import DATASETS
+
     parser = argparse.ArgumentParser(prog="sievetrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sievetrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one method with one seed")
     train.add_argument(
         "--method", default="full", help="NAME[:VALUE][/KEY=VALUE]... joined by '+' (default: full)"
     )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default="sievetrain-train", help="output directory")
+    train.add_argument("--seed", type=int, default=0, help="(default: 0)")
     bench = sub.add_parser("bench", help="compare methods over seeds, interleaved")
     bench.add_argument(
         "--methods",
@@ -143,11 +221,18 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated methods (default: {DEFAULT_METHODS})",
     )
     bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
-    bench.add_argument("--out", default="sievetrain-bench", help="output directory")
-    for p in (train, bench):
+    for command, p in (("train", train), ("bench", bench)):
+        p.add_argument(
+            "--out",
+            default=None,
+            help=f"output folder, new or without a bench's files; with --resume, the folder "
+            f"of the bench to continue (default: a new {DEFAULT_OUT[command]}/DATE-TIME)",
+        )
         p.add_argument("--dataset", default="mnist1d", help=f"one of {', '.join(DATASETS)}")
         p.add_argument("--model", default=None, help="reference model (default: the dataset's)")
-        p.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+        p.add_argument(
+            "--data-dir", default=None, help="folder with the dataset's files (fashion-mnist)"
+        )
         p.add_argument("--train-size", type=int, default=None, help="training samples to use")
         p.add_argument("--test-size", type=int, default=None, help="test samples to use")
         p.add_argument(
@@ -156,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=f"epochs (default per dataset: {DEFAULT_EPOCHS})",
         )
-        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
         p.add_argument(
             "--optimizer",
             default=None,
@@ -171,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
             default=[],
             metavar="KEY=VALUE",
             help="set a training option or a method option for every run that has it; "
-            "NAME/KEY=VALUE (e.g. sift/ratio=0.3) when two methods of a run have KEY",
+            "NAME/KEY=VALUE (e.g. sift/ratio=0.3) when two methods of a run have KEY; "
+            "tuples comma-separated (milestones=0.5,0.75)",
         )
         p.add_argument(
             "--target-accuracy",
@@ -179,9 +265,13 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="fraction; time to reach it is reported (default: full data's final - 1 pt)",
         )
-        p.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
         p.add_argument(
-            "--resume", action="store_true", help="skip finished runs, continue the interrupted one"
+            "--device", default="auto", help="torch device (default: cuda if available, else cpu)"
+        )
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the bench in --out: skip finished runs, continue the interrupted one",
         )
         p.add_argument("--quiet", action="store_true", help="print only the final table")
     methods = sub.add_parser(
@@ -227,41 +317,93 @@ def _parse_set(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".sievetrain-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(
-            f"output directory {str(path)!r} is not writable: {error.strerror}"
-        ) from None
-    return path
+@dataclass
+class _State:
+    """What a bench has saved so far, for the message of an interrupt."""
+
+    out: Path | None = None
+    finished: int = 0
+    current: str | None = None  # "METHOD seed S" of the run in progress
+    epochs_done: int = 0
+    trained: bool = False
+    reported: bool = False
+
+    def saved(self) -> str:
+        if self.out is None:
+            return "nothing was written"
+        if self.reported:
+            return f"everything was written to {str(self.out)!r}"
+        on_disk = self._records_on_disk()
+        if on_disk > self.finished:  # the run in progress was written, not yet reported
+            self.finished, self.current = on_disk, None
+        runs = (
+            f"{self.finished} finished run{'s' * (self.finished != 1)} in "
+            f"{str(self.out / 'results.jsonl')!r}"
+            if self.finished
+            else "no run had finished"
+        )
+        if self.trained:
+            return f"{runs}; the report was not written: --resume writes it"
+        if self.current is None:
+            return f"{runs}; --resume --out {shlex.quote(str(self.out))} continues"
+        progress = (
+            f"{self.current} was saved after epoch {self.epochs_done}"
+            if self.epochs_done
+            else f"{self.current} had finished no epoch"
+        )
+        return f"{runs}; {progress}; --resume --out {shlex.quote(str(self.out))} continues"
+
+    def _records_on_disk(self) -> int:
+        from sievetrain.files import read_jsonl
+
+        try:
+            return len(read_jsonl(self.out / "results.jsonl"))
+        except (OSError, ValueError):
+            return self.finished
 
 
 class _Log:
-    """Progress lines on stderr; a progress bar only on a terminal."""
+    """Progress on stderr: a bar naming the run on a terminal, else one line per
+    epoch; one line per finished run, numbered on from the runs a resume skipped."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.interactive = not quiet and sys.stderr.isatty()
+    def __init__(self, state: _State, args: argparse.Namespace, total: int, done: int) -> None:
+        self.state, self.total, self.count = state, total, done
+        self.quiet = args.quiet
+        self.interactive = not args.quiet and sys.stderr.isatty()
+        # A single run (train) prints its epochs on a terminal too.
+        self.epoch_lines = not args.quiet and (not self.interactive or args.command == "train")
 
-    def run(self, i: int, total: int, r: dict[str, Any]) -> None:
+    def _print(self, text: str) -> None:
         if not self.quiet:
-            print(
-                f"[{i}/{total}] {r['method']} seed {r['seed']}: test accuracy "
-                f"{100 * r['final_test_accuracy']:.2f}%, train {r['train_time_s']:.1f} s "
-                f"(eval {r['eval_time_s']:.1f} s)",
-                file=sys.stderr,
-            )
+            print(text, file=sys.stderr, flush=True)
 
-    def epoch(self, h: dict[str, Any]) -> None:
-        if not self.quiet:
+    def skipped(self, out: Path, done: list[dict[str, Any]]) -> None:
+        names = ", ".join(f"{r['method']} seed {r['seed']}" for r in done)
+        self._print(
+            f"resuming {str(out)!r}: {len(done)} of {self.total} runs finished, skipped ({names})"
+        )
+
+    def start(self, run: Any, seed: int, epochs_done: int) -> None:
+        self.state.current, self.state.epochs_done = f"{run.label} seed {seed}", epochs_done
+        if epochs_done:
+            self._print(f"{run.label} seed {seed}: resuming after epoch {epochs_done}")
+
+    def epoch(self, run: Any, seed: int, h: dict[str, Any]) -> None:
+        self.state.epochs_done = h["epoch"]
+        if self.epoch_lines:
             loss = "skipped" if h["train_loss"] is None else f"{h['train_loss']:.4f}"
-            print(
-                f"epoch {h['epoch']}: test accuracy {100 * h['test_accuracy']:.2f}%, "
-                f"entropy {h['test_entropy']:.3f}, train loss {loss}, "
-                f"train {h['train_time_s']:.1f} s, coverage {100 * h['coverage']:.1f}%",
-                file=sys.stderr,
+            self._print(
+                f"{run.label} seed {seed} · epoch {h['epoch']}: test accuracy "
+                f"{100 * h['test_accuracy']:.2f}%, entropy {h['test_entropy']:.3f}, "
+                f"train loss {loss}, train {h['train_time_s']:.1f} s, "
+                f"coverage {100 * h['coverage']:.1f}%"
             )
+
+    def run(self, r: dict[str, Any]) -> None:
+        self.count += 1
+        self.state.finished, self.state.current = self.state.finished + 1, None
+        self._print(
+            f"[{self.count}/{self.total}] {r['method']} seed {r['seed']}: test accuracy "
+            f"{100 * r['final_test_accuracy']:.2f}%, train {r['train_time_s']:.1f} s "
+            f"(eval {r['eval_time_s']:.1f} s)"
+        )

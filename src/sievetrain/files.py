@@ -3,16 +3,21 @@
 Every write goes through one writer: a temporary file in the same folder, flushed
 and ``fsync``-ed, renamed over the target, then the folder ``fsync``-ed so that the
 rename itself is on disk. A crash leaves the old file or the new one, never a mix.
-Torch files are loaded with ``weights_only=True``: tensors and plain types only,
-so a file someone else handed you cannot execute anything when it is read.
+New files get the permissions the umask allows (as ``open`` would give them); a
+file replaced keeps its own. Torch files are loaded with ``weights_only=True``:
+tensors and plain types only, so a file someone else handed you cannot execute
+anything when it is read. Every file read back names itself, and the line, when
+it is damaged.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +25,19 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "TEMPORARY_SUFFIX",
     "append_jsonl",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_torch",
     "read_jsonl",
+    "remove_temporaries",
 ]
+
+
+# The suffix of the writer's temporary files: ``.NAME.RANDOM.tmp`` next to ``NAME``.
+TEMPORARY_SUFFIX = ".tmp"
 
 
 class CheckpointError(ValueError):
@@ -36,17 +47,36 @@ class CheckpointError(ValueError):
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+    # Mode 0o666 less the umask, as open() would give; an existing file keeps its own.
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, mode)  # the umask narrowed it at creation
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_temporaries(folder: str | os.PathLike, target: str = "*") -> list[Path]:
+    """Delete the writer's temporary files in ``folder`` for targets whose names match
+    the glob ``target`` (files left by a process killed mid-write: incomplete by
+    construction, never the only copy); returns them."""
+    found = []
+    for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        # .NAME.RANDOM.tmp, RANDOM being 8 characters (this writer's, or mkstemp's)
+        parts = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX), path.name)
+        if parts and fnmatch.fnmatchcase(parts[1], target) and path.is_file():
+            path.unlink(missing_ok=True)
+            found.append(path)
+    return sorted(found)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -98,8 +128,35 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Records of a JSON-lines file; an empty list if it does not exist."""
+    """Records of a JSON-lines file; an empty list if it does not exist.
+
+    Raises:
+        ValueError: naming the file and the line, when a line is not a JSON object
+            or the file is not UTF-8 text.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text: {error.reason}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{str(path)!r} line {number} is not valid JSON: {error.msg}"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{str(path)!r} line {number} is not a JSON object: {_clip(line)}")
+        records.append(record)
+    return records
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = text.strip()
+    return text if len(text) <= width else text[: width - 1] + "…"

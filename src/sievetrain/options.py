@@ -27,7 +27,15 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
-__all__ = ["ArgumentError", "OptionInfo", "Options", "RunContext", "option", "parse_typed"]
+__all__ = [
+    "ArgumentError",
+    "OptionInfo",
+    "Options",
+    "RunContext",
+    "as_int",
+    "option",
+    "parse_typed",
+]
 
 
 class ArgumentError(ValueError):
@@ -170,6 +178,17 @@ def parse_typed(raw: str, kind: Any, name: str) -> Any:
     return value
 
 
+def as_int(name: str, value: object, minimum: int | None = None, limit: int | None = None) -> int:
+    """``value`` as an int in ``[minimum, limit)``, else ValueError naming it (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints pass
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (limit is not None and number >= limit):
+        bounds = f">= {minimum}" if limit is None else f"in [{minimum}, {limit})"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return number
+
+
 def _check_type(name: str, value: Any, kind: Any) -> Any:
     """``value`` if it has type ``kind`` (ints widened to float), else ValueError."""
     origin, args = get_origin(kind), get_args(kind)
@@ -195,9 +214,7 @@ def _check_type(name: str, value: Any, kind: Any) -> Any:
             raise ValueError(f"{name} must be a bool, got {value!r}")
         return value
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(value)
+        return as_int(name, value)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be a number, got {value!r}")

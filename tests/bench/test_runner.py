@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sievetrain.bench import REGISTRY, prepare
-from sievetrain.bench.runner import check_output, run_one
-from sievetrain.files import CheckpointError, load_torch
+from sievetrain.bench.runner import run_one
+from sievetrain.files import load_torch
 from sievetrain.train import TrainConfig
 
 
@@ -94,31 +94,51 @@ class Payload:
         return (open, (self.path, "w"))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(mnist1d, tmp_path):
-    bench = prepare(mnist1d, ["full"], [0], config=TrainConfig(epochs=1, batch_size=64))
-    marker = tmp_path / "pwned"
-    checkpoint = tmp_path / "run.pt"
-    torch.save({"run_key": "x", "trainer": Payload(marker)}, checkpoint)
-    with pytest.raises(CheckpointError, match=re.escape(str(checkpoint))):
-        run_one(bench, bench.runs[0], 0, checkpoint=checkpoint)
-    assert not marker.exists()
-    out = tmp_path / "out"
-    (out / "checkpoints").mkdir(parents=True)
-    checkpoint.rename(out / "checkpoints" / "run.pt")
-    with pytest.raises(CheckpointError, match="run.pt"):
-        check_output(out, resume=True)
-    assert not marker.exists()
+def damage(checkpoint, kind, marker):
+    """Turn ``checkpoint`` (a real one of the run) into a checkpoint of ``kind``."""
+    data = checkpoint.read_bytes()
+    if kind == "would run code":
+        torch.save({"run_key": "x", "trainer": Payload(marker)}, checkpoint)
+    elif kind == "truncated zip":
+        checkpoint.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        checkpoint.write_bytes(b"\x8b not a torch file at all" * 20)
+    elif kind == "empty":
+        checkpoint.write_bytes(b"")
+    elif kind == "not a dict":
+        torch.save([1, 2, 3], checkpoint)
+    elif kind == "right run, wrong contents":
+        state = load_torch(checkpoint)
+        torch.save({"run_key": state["run_key"], "trainer": {"model": {}}}, checkpoint)
 
 
-def test_a_truncated_checkpoint_is_refused_naming_the_file(mnist1d, tmp_path):
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "would run code",
+        "truncated zip",
+        "garbage",
+        "empty",
+        "not a dict",
+        "right run, wrong contents",
+    ],
+)
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_starts_afresh(kind, mnist1d, tmp_path):
+    """Not a traceback on every later resume until deleted by hand: the file is kept
+    as NAME.damaged (or left alone, when it is another run's), a warning names it,
+    nothing in it runs, and the run trains from scratch to the clean run's numbers."""
     bench = prepare(mnist1d, ["full"], [0], config=TrainConfig(epochs=2, batch_size=64))
-    checkpoint = tmp_path / "run.pt"
+    checkpoint, marker = tmp_path / "run.pt", tmp_path / "pwned"
     with pytest.raises(Crash):
         run_one(bench, bench.runs[0], 0, checkpoint=checkpoint, on_epoch=crash)
-    data = checkpoint.read_bytes()
-    checkpoint.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=re.escape(str(checkpoint))):
-        run_one(bench, bench.runs[0], 0, checkpoint=checkpoint)
+    damage(checkpoint, kind, marker)
+    with pytest.warns(UserWarning, match=re.escape(str(checkpoint))) as caught:
+        record = run_one(bench, bench.runs[0], 0, checkpoint=checkpoint)
+    assert len(caught) == 1 and "starts afresh" in str(caught[0].message)
+    assert not marker.exists()
+    damaged = tmp_path / "run.pt.damaged"
+    assert damaged.exists() == (kind != "not a dict")  # a loadable foreign file stays put
+    assert trajectory(record) == trajectory(run_one(bench, bench.runs[0], 0))
 
 
 def test_prepare_builds_no_training_component(mnist1d, monkeypatch):
@@ -151,3 +171,27 @@ def test_prepare_checks_options_against_the_data(mnist1d):
         prepare(small, ["gradmatch:0.5"], [0], config=TrainConfig(batch_size=64))
     with pytest.raises(ValueError, match="makes the subset empty for 50 samples"):
         prepare(small, ["srs:0.001"], [0])
+
+
+def test_the_progress_bar_names_the_method_and_seed(mnist1d, tmp_path, monkeypatch):
+    import sievetrain.train.trainer as trainer_module
+    from sievetrain.bench import run_bench
+
+    shown = []
+
+    class Spy(trainer_module.ProgressBar):
+        def __init__(self, enabled, description, total):
+            shown.append((enabled, description))
+            super().__init__(False, description, total)  # nothing drawn in the test
+
+    monkeypatch.setattr(trainer_module, "ProgressBar", Spy)
+    bench = prepare(
+        subset(mnist1d, 256, 64), ["full", "srs:0.5"], [3], config=TrainConfig(epochs=2)
+    )
+    run_bench(bench, tmp_path / "o", progress=True)
+    assert shown == [
+        (True, "full seed 3 · epoch 1/2"),
+        (True, "full seed 3 · epoch 2/2"),
+        (True, "srs:0.5 seed 3 · epoch 1/2"),
+        (True, "srs:0.5 seed 3 · epoch 2/2"),
+    ]

@@ -1,14 +1,20 @@
-"""Datasets: MNIST-1D generation and caching, Fashion-MNIST from each of its sources."""
+"""Datasets: MNIST-1D generation and caching, Fashion-MNIST from each of its sources,
+and the one-line errors that bad arguments and damaged files give."""
 
 from __future__ import annotations
 
 import functools
 import gzip
 import http.server
+import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +29,11 @@ from sievetrain.data import (
     load_mnist1d,
 )
 from sievetrain.data import datasets as datasets_module
+from sievetrain.options import ArgumentError
 
-DEBIAN_DIR = datasets_module.DEBIAN_FASHION_MNIST_DIR
-needs_debian_files = pytest.mark.skipif(
-    not DEBIAN_DIR.is_dir(), reason=f"{DEBIAN_DIR} absent (Debian package dataset-fashion-mnist)"
-)
+REPO = Path(__file__).parents[2]
+# The shared guard (tests/conftest.py): skips a test when Fashion-MNIST is not on disk.
+needs_fashion_mnist = pytest.mark.usefixtures("fashion_mnist_dir")
 FILES = [f"{stem}.gz" for stem in datasets_module.FASHION_MNIST_FILES]
 
 
@@ -85,7 +91,8 @@ def test_mnist1d_reuses_the_cache_and_regenerates_a_corrupt_one(cache, monkeypat
         patch.setattr(mnist1d.data, "make_dataset", fail)
         _assert_same(first, load_mnist1d(100, 50))
     path.write_bytes(b"not a torch file")
-    _assert_same(first, load_mnist1d(100, 50))
+    with pytest.warns(UserWarning, match="regenerating"):
+        _assert_same(first, load_mnist1d(100, 50))
 
 
 def test_mnist1d_leaves_global_rngs_untouched(cache):
@@ -126,7 +133,7 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- Fashion-MNIST
 
 
-@needs_debian_files
+@needs_fashion_mnist
 def test_fashion_mnist_from_the_debian_folder(cache):
     split = load_dataset("fashion-mnist")
     x, y = split.train.tensors
@@ -140,7 +147,7 @@ def test_fashion_mnist_from_the_debian_folder(cache):
     assert not cache.exists()  # nothing downloaded
 
 
-@needs_debian_files
+@needs_fashion_mnist
 def test_fashion_mnist_sizes_take_the_first_samples(cache):
     full = load_fashion_mnist(train_size=1000, test_size=300)
     small = load_fashion_mnist(train_size=100, test_size=30)
@@ -153,16 +160,17 @@ def test_fashion_mnist_sizes_take_the_first_samples(cache):
         load_fashion_mnist(train_size=60001)
 
 
-@needs_debian_files
-def test_fashion_mnist_from_a_data_dir_with_plain_and_gzip_files(tmp_path, cache):
+def test_fashion_mnist_from_a_data_dir_with_plain_and_gzip_files(
+    tmp_path, cache, fashion_mnist_dir
+):
     folder = tmp_path / "idx"
     folder.mkdir()
     for name in FILES:
         if name.startswith("train"):  # uncompressed
-            with gzip.open(DEBIAN_DIR / name) as src:
+            with gzip.open(fashion_mnist_dir / name) as src:
                 (folder / name.removesuffix(".gz")).write_bytes(src.read())
         else:
-            shutil.copy(DEBIAN_DIR / name, folder / name)
+            shutil.copy(fashion_mnist_dir / name, folder / name)
     got = load_dataset("fashion-mnist", data_dir=folder, train_size=500, test_size=200)
     _assert_same(got, load_fashion_mnist(train_size=500, test_size=200))
 
@@ -200,12 +208,12 @@ def no_local_copies(tmp_path, monkeypatch, cache):
 
 
 @pytest.fixture
-def mirror(tmp_path):
+def mirror(tmp_path, fashion_mnist_dir):
     """A folder holding a copy of the four gzip files, served over HTTP."""
     folder = tmp_path / "mirror"
     folder.mkdir()
     for name in FILES:
-        shutil.copy(DEBIAN_DIR / name, folder / name)
+        shutil.copy(fashion_mnist_dir / name, folder / name)
     server, url = _serve(folder)
     yield folder, url
     server.shutdown()
@@ -219,21 +227,20 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-@needs_debian_files
-def test_fashion_mnist_download_verifies_and_caches(no_local_copies, mirror, monkeypatch):
+def test_fashion_mnist_download_verifies_and_caches(
+    no_local_copies, mirror, monkeypatch, fashion_mnist_dir
+):
     _, url = mirror
     monkeypatch.setenv("SIEVETRAIN_FASHION_MNIST_URL", url)  # base_url defaults to it
     got = load_fashion_mnist(train_size=300, test_size=100)
     assert sorted(p.name for p in no_local_copies.iterdir()) == sorted(FILES)
-    monkeypatch.setattr(datasets_module, "DEBIAN_FASHION_MNIST_DIR", DEBIAN_DIR)
-    _assert_same(got, load_fashion_mnist(train_size=300, test_size=100))
+    _assert_same(got, load_fashion_mnist(fashion_mnist_dir, train_size=300, test_size=100))
     # Later loads read the cache: the mirror is no longer needed.
     monkeypatch.setattr(datasets_module, "DEBIAN_FASHION_MNIST_DIR", no_local_copies / "none")
     again = load_fashion_mnist(train_size=300, test_size=100, base_url=_closed_port_url())
     _assert_same(got, again)
 
 
-@needs_debian_files
 def test_fashion_mnist_download_rejects_a_corrupted_file(no_local_copies, mirror):
     folder, url = mirror
     bad = folder / "train-labels-idx1-ubyte.gz"
@@ -253,3 +260,249 @@ def test_fashion_mnist_error_lists_three_ways_to_get_the_data(no_local_copies):
         assert "dataset-fashion-mnist" in message
         assert "data_dir=" in message  # the CLI spells it --data-dir (tests/test_cli.py)
         assert "SIEVETRAIN_FASHION_MNIST_URL" in message
+
+
+# ---------------------------------------------------------------------------- the shared guard
+
+# Every test that reads Fashion-MNIST, by node id; each must skip when the data is absent.
+FASHION_MNIST_TESTS = [
+    "tests/sampling/test_gradmatch.py::"
+    "test_weighted_selection_matches_the_full_gradient_better_than_random_batches",
+    "tests/train/test_trainer.py::test_learns_fashion_mnist_subset",
+    "tests/data/test_datasets.py::test_fashion_mnist_from_the_debian_folder",
+    "tests/data/test_datasets.py::test_fashion_mnist_sizes_take_the_first_samples",
+    "tests/data/test_datasets.py::test_fashion_mnist_from_a_data_dir_with_plain_and_gzip_files",
+    "tests/data/test_datasets.py::test_fashion_mnist_download_verifies_and_caches",
+    "tests/data/test_datasets.py::test_fashion_mnist_download_rejects_a_corrupted_file",
+]
+# A pytest plugin for the run below: no Debian folder, and any download fails at once.
+HIDE_FASHION_MNIST = """
+import pathlib
+from sievetrain.data import datasets
+
+def pytest_configure(config):
+    datasets.DEBIAN_FASHION_MNIST_DIR = pathlib.Path({debian!r})
+
+    def no_download(base_url, folder):
+        raise OSError("downloads are off in this test")
+
+    datasets._download_fashion_mnist = no_download
+"""
+
+
+def test_fashion_mnist_tests_skip_when_the_data_is_absent(tmp_path):
+    (tmp_path / "hide_fashion_mnist.py").write_text(
+        HIDE_FASHION_MNIST.format(debian=str(tmp_path / "no-debian"))
+    )
+    report = tmp_path / "report.xml"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "SIEVETRAIN_CACHE_DIR": str(tmp_path / "empty-cache"),
+    }
+    command = [sys.executable, "-m", "pytest", "-p", "hide_fashion_mnist", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*command, "-q", f"--junitxml={report}", *FASHION_MNIST_TESTS],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    outcomes = {
+        case.get("name"): [child.tag for child in case]
+        for case in ET.parse(report).iter("testcase")
+    }
+    assert len(outcomes) == len(FASHION_MNIST_TESTS), done.stdout
+    assert all(tags == ["skipped"] for tags in outcomes.values()), (outcomes, done.stdout)
+
+
+# ---------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("name", ["mnist1d", "shakespeare"])
+def test_data_dir_is_refused_by_datasets_that_read_no_files(name):
+    with pytest.raises(ArgumentError, match=f"data_dir '/nonexistent'.*{name} reads no files"):
+        load_dataset(name, data_dir="/nonexistent")
+
+
+def test_mnist1d_refuses_a_size_above_its_bound_before_generating(cache, monkeypatch):
+    import mnist1d.data
+
+    def fail(*args, **kwargs):
+        raise AssertionError("generation started")
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", fail)
+    bound = datasets_module.MNIST1D_MAX_SAMPLES
+    with pytest.raises(ValueError, match=f"100001000.*{bound}.*hours.*GB") as info:
+        load_dataset("mnist1d", train_size=100_000_000)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=str(bound + 1)):
+        load_mnist1d(bound, 1)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("size", [True, 1.5, 100.0, "100"])
+def test_sizes_must_be_ints(cache, name, size):
+    for label in ("train_size", "test_size"):
+        with pytest.raises(ValueError, match=f"{label}.*{size!r}"):
+            load_dataset(name, **{label: size})
+
+
+def test_fashion_mnist_size_above_the_file_names_the_file(idx_folder):
+    with pytest.raises(ValueError, match="test_size=11.*10 items.*t10k-images"):
+        load_fashion_mnist(idx_folder, test_size=11)
+
+
+# ---------------------------------------------------------------------------- damaged files
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file holding ``array``: magic, big-endian dims, data."""
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_gz(path: Path, data: bytes) -> None:
+    path.write_bytes(gzip.compress(data, mtime=0))
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    """Four small valid gzip IDX files: 20 train and 10 test samples."""
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 28, 28))
+    for split, n in (("train", 20), ("t10k", 10)):
+        _write_gz(folder / f"{split}-images-idx3-ubyte.gz", _idx_bytes(pixels[:n]))
+        _write_gz(folder / f"{split}-labels-idx1-ubyte.gz", _idx_bytes(np.arange(n) % 10))
+    return folder
+
+
+def test_small_idx_files_load(idx_folder):
+    split = load_dataset("fashion-mnist", data_dir=idx_folder)
+    assert (len(split.train), len(split.test), split.input_shape) == (20, 10, (1, 28, 28))
+    assert split.train.tensors[1].tolist() == [i % 10 for i in range(20)]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _break_deflate(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[10] = 0xFF  # the first deflate block header: block type 3 is invalid
+    path.write_bytes(bytes(data))
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # caught by the deflate decoder or the CRC
+    path.write_bytes(bytes(data))
+
+
+def _rewrite(array: np.ndarray, *, extra: bytes = b"", header: bytes | None = None):
+    def damage(path: Path) -> None:
+        data = _idx_bytes(array)
+        if header is not None:
+            data = header + data[len(header) :]
+        _write_gz(path, data + extra)
+
+    return damage
+
+
+LABELS, IMAGES = "train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz"
+TRAIN_LABELS = np.arange(20) % 10
+TRAIN_IMAGES = np.zeros((20, 28, 28))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "match"),
+    [
+        (IMAGES, _truncate, "not an intact gzip file.*end-of-stream"),
+        (LABELS, _break_deflate, "not an intact gzip file.*invalid block type"),
+        (IMAGES, _flip_a_byte, "not an intact gzip file"),
+        (LABELS, lambda p: p.write_bytes(b"plain text"), "not an intact gzip file.*Not a gzip"),
+        (LABELS, _rewrite(TRAIN_LABELS[:19]), "holds 20 images but.*labels.* holds 19"),
+        (LABELS, _rewrite(np.where(TRAIN_LABELS == 7, 10, TRAIN_LABELS)), "label 10 .*0..9"),
+        (IMAGES, _rewrite(np.zeros((20, 28, 27))), "20x28x27 array, expected Nx28x28"),
+        (IMAGES, _rewrite(np.zeros((20, 784))), "20x784 array, expected Nx28x28"),
+        (LABELS, _rewrite(TRAIN_LABELS[:, None]), "20x1 array, expected N"),
+        (IMAGES, _rewrite(np.zeros((0, 28, 28))), "holds no items"),
+        (LABELS, _rewrite(TRAIN_LABELS, extra=b"\0"), "longer than its header"),
+        (LABELS, _rewrite(TRAIN_LABELS, header=b"\0\0\x0d\1"), "not an unsigned-byte IDX"),
+        (IMAGES, _rewrite(TRAIN_IMAGES, header=b"\0\0\x08\3\0\0\0\x15"), "truncated"),
+        # A header announcing 4e9 images must not allocate 3 TB before finding out.
+        (IMAGES, _rewrite(TRAIN_IMAGES, header=b"\0\0\x08\3\xff\xff\xff\xff"), "truncated"),
+    ],
+)
+def test_damaged_fashion_mnist_files_give_one_line_naming_the_file(idx_folder, name, damage, match):
+    damage(idx_folder / name)
+    with pytest.raises(ValueError, match=match) as info:
+        load_fashion_mnist(idx_folder)
+    message = str(info.value)
+    assert name in message and "\n" not in message
+
+
+def test_damaged_plain_idx_files_are_caught_too(idx_folder):
+    labels = idx_folder / LABELS
+    plain = labels.with_suffix("")
+    labels.unlink()
+    plain.write_bytes(_idx_bytes(TRAIN_LABELS)[:-1])
+    with pytest.raises(ValueError, match=f"{plain.name}.*truncated"):
+        load_fashion_mnist(idx_folder)
+    plain.write_bytes(_idx_bytes(TRAIN_LABELS) + b"\0")
+    with pytest.raises(ValueError, match=f"{plain.name}.*longer than its header"):
+        load_fashion_mnist(idx_folder)
+
+
+def test_a_subset_of_damaged_files_is_still_checked(idx_folder):
+    """Counts and labels are checked even when only the first samples are kept."""
+    _rewrite(TRAIN_LABELS[:19])(idx_folder / LABELS)
+    with pytest.raises(ValueError, match="holds 20 images but.* holds 19"):
+        load_fashion_mnist(idx_folder, train_size=5)
+
+
+# ---------------------------------------------------------------------------- the MNIST-1D cache
+
+
+def _foreign_torch_file(path: Path) -> None:
+    torch.save({"x": torch.zeros(3)}, path)
+
+
+def _labels_out_of_range(path: Path) -> None:
+    tensors = torch.load(path, weights_only=True)
+    tensors["y"] = tensors["y"] + 10
+    torch.save(tensors, path)
+
+
+def _wrong_dtype(path: Path) -> None:
+    tensors = torch.load(path, weights_only=True)
+    tensors["x"] = tensors["x"].double()
+    torch.save(tensors, path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.write_bytes(b"not a torch file"), "cannot be loaded"),
+        (_truncate, "cannot be loaded"),
+        (_foreign_torch_file, "x_test"),
+        (lambda p: torch.save([1, 2, 3], p), "list"),
+        (_labels_out_of_range, "0..9"),
+        (_wrong_dtype, "float32"),
+    ],
+)
+def test_a_damaged_mnist1d_cache_warns_and_is_regenerated(cache, monkeypatch, damage, reason):
+    first = load_mnist1d(100, 50)
+    (path,) = (cache / "mnist1d").glob("*.pt")
+    damage(path)
+    with pytest.warns(UserWarning, match=f"regenerating.*{path.name}.*{reason}"):
+        _assert_same(first, load_mnist1d(100, 50))
+    import mnist1d.data
+
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated although cached")
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", fail)
+    _assert_same(first, load_mnist1d(100, 50))  # rewritten over the damaged file

@@ -249,6 +249,10 @@ def test_it_trains_the_reference_model(mnist1d):
         ({"weight_decay": -0.1}, "weight_decay=-0.1"),
         ({"mask": "row"}, "'row'"),
         ({"masked_state": "keep"}, "'keep'"),
+        ({"sampling_rate": "0.5"}, "sampling_rate must be a number, got '0.5'"),
+        ({"seed": "x"}, "seed must be an integer, got 'x'"),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"foreach": "yes"}, "foreach must be True, False or None, got 'yes'"),
     ],
 )
 def test_invalid_arguments_name_the_value(kwargs, fragment):
@@ -262,3 +266,58 @@ def test_invalid_group_option_and_unknown_factory_option():
         StochGradAdam([{"params": params[:1]}, {"params": params[1:], "sampling_rate": 2}])
     with pytest.raises(ValueError, match="'momentum'"):
         build_optimizer("stochgradadam", params, momentum=0.9)
+
+
+def _stepped(seed=0):
+    params = _params((4,))
+    optimizer = StochGradAdam(params, sampling_rate=0.5, seed=seed)
+    params[0].grad = torch.ones(4)
+    optimizer.step()
+    return params, optimizer
+
+
+def _without(state, *keys, group_keys=()):
+    state = {k: v for k, v in state.items() if k not in keys}
+    state["param_groups"] = [
+        {k: v for k, v in g.items() if k not in group_keys} for g in state["param_groups"]
+    ]
+    return state
+
+
+@pytest.mark.parametrize(
+    ("make_state", "fragment"),
+    [
+        (  # Adam's state_dict has the same per-parameter state, but no sampling options
+            lambda params: torch.optim.Adam(params).state_dict(),
+            r"another optimizer's\?\): it lacks 'seed', 'generators'; param group 0's "
+            "'sampling_rate', 'mask', 'masked_state', 'rescale'",
+        ),
+        (
+            lambda params: _without(_stepped()[1].state_dict(), "generators"),
+            "it lacks 'generators'$",
+        ),
+        (
+            lambda params: _without(_stepped()[1].state_dict(), group_keys=["sampling_rate"]),
+            "it lacks param group 0's 'sampling_rate'$",
+        ),
+        (
+            lambda params: {**_stepped()[1].state_dict(), "seed": "7"},
+            "seed must be an integer, got '7'",
+        ),
+        (
+            lambda params: {**_stepped()[1].state_dict(), "generators": {"cpu": torch.zeros(3)}},
+            "invalid generator state for device 'cpu'",
+        ),
+    ],
+)
+def test_load_state_dict_refuses_a_state_that_is_not_its_own_and_changes_nothing(
+    make_state, fragment
+):
+    params, optimizer = _stepped(seed=3)
+    before = copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(ValueError, match=fragment):
+        optimizer.load_state_dict(make_state(params))
+    after = optimizer.state_dict()
+    assert after["seed"] == 3 and after["param_groups"] == before["param_groups"]
+    assert torch.equal(after["generators"]["cpu"], before["generators"]["cpu"])
+    optimizer.step()  # still a working StochGradAdam

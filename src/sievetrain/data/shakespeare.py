@@ -219,7 +219,7 @@ def load_shakespeare(
         ``input_shape`` is ``(seq_len,)``.
 
     Raises:
-        ValueError: ``seq_len`` <= 0, or a size <= 0 or larger than the split.
+        ValueError: ``seq_len`` <= 0, or a size not an int, <= 0 or larger than the split.
     """
     if seq_len <= 0:
         raise ValueError(f"seq_len must be > 0, got {seq_len}")
@@ -227,8 +227,9 @@ def load_shakespeare(
     # Split name -> (unmasked chunks, size asked for); "test" holds the validation plays.
     parts = {"train": (train_tokens, train_size), "test": (val_tokens, test_size)}
     for split, (tokens, size) in parts.items():
-        if size is not None and not 0 < size <= len(tokens):
-            raise ValueError(f"{split}_size must be in 1..{len(tokens)}, got {size}")
+        is_int = isinstance(size, int) and not isinstance(size, bool)
+        if size is not None and not (is_int and 0 < size <= len(tokens)):
+            raise ValueError(f"{split}_size must be an int in 1..{len(tokens)}, got {size!r}")
     datasets = []
     for split, (tokens, size) in parts.items():
         order = torch.randperm(

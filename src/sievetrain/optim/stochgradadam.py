@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from sievetrain.optim.baselines import AdamOptions
 from sievetrain.optim.functional import MASK_BITS, draw_masks, stochgradadam
-from sievetrain.options import option
+from sievetrain.options import as_int, option
 from sievetrain.rng import derive_seed
 
 __all__ = ["StochGradAdam", "StochGradAdamOptions"]
@@ -110,10 +110,12 @@ class StochGradAdam(Optimizer):
         **hyperparameters: Any,
     ) -> None:
         defaults = StochGradAdamOptions(**hyperparameters).to_dict()
+        if foreach is not None and not isinstance(foreach, bool):
+            raise ValueError(f"foreach must be True, False or None, got {foreach!r}")
         super().__init__(params, {**defaults, "foreach": foreach})
         for group in self.param_groups:  # any per-group override is checked too
             StochGradAdamOptions(**{name: group[name] for name in defaults})
-        self.seed = int(seed) if seed is not None else secrets.randbits(63)
+        self.seed = as_int("seed", seed) if seed is not None else secrets.randbits(63)
         self._generators: dict[str, torch.Generator] = {}
 
     @torch.no_grad()
@@ -191,10 +193,38 @@ class StochGradAdam(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict`; nothing changes if it is refused.
+
+        Raises:
+            ValueError: the state lacks what StochGradAdam keeps (its options in every
+                param group, the seed and the mask generators), as another optimizer's
+                state would, or holds an invalid value.
+        """
+        _check_saved_state(state_dict)
         state_dict = dict(state_dict)
-        generators = state_dict.pop("generators", {})
-        self.seed = int(state_dict.pop("seed", self.seed))
+        seed = as_int("seed", state_dict.pop("seed"))
+        generators = {}
+        for key, generator_state in state_dict.pop("generators").items():
+            generators[key] = torch.Generator(device=key)
+            try:
+                generators[key].set_state(generator_state)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"invalid generator state for device {key!r}: {error}") from None
         super().load_state_dict(state_dict)
-        self._generators = {}
-        for key, generator_state in generators.items():
-            self._generator(torch.device(key)).set_state(generator_state)
+        self.seed, self._generators = seed, generators
+
+
+def _check_saved_state(state_dict: dict[str, Any]) -> None:
+    """ValueError naming what a StochGradAdam ``state_dict`` lacks, or its first bad option."""
+    required = (*StochGradAdamOptions.names(), "foreach")  # what step() reads of a group
+    top = [repr(k) for k in ("state", "param_groups", "seed", "generators") if k not in state_dict]
+    missing = [", ".join(top)] if top else []
+    for i, group in enumerate(state_dict.get("param_groups", [])):
+        if lacking := [repr(k) for k in required if k not in group]:
+            missing.append(f"param group {i}'s {', '.join(lacking)}")
+    if missing:
+        raise ValueError(
+            f"not a StochGradAdam state_dict (another optimizer's?): it lacks {'; '.join(missing)}"
+        )
+    for group in state_dict["param_groups"]:
+        StochGradAdamOptions(**{name: group[name] for name in StochGradAdamOptions.names()})

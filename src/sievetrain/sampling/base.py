@@ -10,7 +10,6 @@ sampler that needs no model does nothing), then iterates, weighting the loss by
 
 from __future__ import annotations
 
-import numbers
 import operator
 from collections.abc import Iterator
 
@@ -18,18 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
+from sievetrain.options import as_int
+
 __all__ = ["EpochSampler", "as_int", "check_same_config"]
-
-
-def as_int(name: str, value: object, minimum: int | None = None, limit: int | None = None) -> int:
-    """``value`` as an int in ``[minimum, limit)``, else ValueError naming it (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints pass
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    number = int(value)
-    if (minimum is not None and number < minimum) or (limit is not None and number >= limit):
-        bounds = f">= {minimum}" if limit is None else f"in [{minimum}, {limit})"
-        raise ValueError(f"{name} must be {bounds}, got {value!r}")
-    return number
 
 
 def check_same_config(mine: dict, saved: dict) -> None:

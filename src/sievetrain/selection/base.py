@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from sievetrain.options import as_int
+
 __all__ = ["KeepAll", "Selector"]
 
 
@@ -29,13 +31,19 @@ class Selector:
     """Base of batch-level selectors: every method but ``select`` does nothing by default."""
 
     accumulates: ClassVar[bool] = False  # gather kept samples into full backward batches
+    epoch: int = 0  # the epoch set last; a subclass that overrides set_epoch calls super()
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         """Positions of ``x`` (shape (B, ...)) to backpropagate, or None for all."""
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
-        """Called at the start of every epoch."""
+        """Called at the start of every epoch; keeps it as ``self.epoch``.
+
+        Raises:
+            ValueError: ``epoch`` is not an integer >= 0.
+        """
+        self.epoch = as_int("epoch", epoch, 0)
 
     def score(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         """The selector's score of each sample (B,), without side effects; None: no scores."""

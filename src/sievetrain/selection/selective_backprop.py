@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sievetrain.losses import sample_losses
-from sievetrain.options import Options, option
+from sievetrain.options import Options, as_int, option
 from sievetrain.rng import make_generator
 from sievetrain.scoring import scoring_mode
 from sievetrain.selection.base import Selector
@@ -70,12 +70,8 @@ class SelectiveBackprop(Selector):
     ) -> None:
         self.options = SelectiveBackpropOptions(beta=beta, **options)
         self.recent_losses = torch.empty(0)  # the last `history` losses, oldest first
-        self.epoch = 0
         self.samples_scored = 0
-        self.generator = make_generator(seed, "selective-backprop")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.generator = make_generator(as_int("seed", seed), "selective-backprop")
 
     def score(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """True per-sample loss (a full forward pass without gradients), shape (B,)."""
@@ -106,5 +102,6 @@ class SelectiveBackprop(Selector):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.recent_losses = state["recent_losses"].clone()
-        self.epoch, self.samples_scored = state["epoch"], state["samples_scored"]
+        self.set_epoch(state["epoch"])
+        self.samples_scored = state["samples_scored"]
         self.generator.set_state(state["generator"])

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sievetrain.losses import sample_entropies, sample_losses
-from sievetrain.options import Options, RunContext, option
+from sievetrain.options import Options, RunContext, as_int, option
 from sievetrain.rng import make_generator
 from sievetrain.scoring import scoring_mode
 from sievetrain.selection.base import Selector
@@ -123,7 +123,9 @@ class SIFT(Selector):
         self, ratio: float = SIFTOptions.ratio, *, num_classes: int | None = None, **options: Any
     ) -> None:
         self.options = SIFTOptions(ratio=ratio, **options)
-        self.num_classes = num_classes
+        self.num_classes = (
+            as_int("num_classes", num_classes, 1) if num_classes is not None else None
+        )
         self.exit: EarlyExit | None = None
         self.steps = 0
         self.samples_scored = 0
@@ -197,7 +199,7 @@ class RandomKeep(Selector):
 
     def __init__(self, ratio: float = RandomKeepOptions.ratio, *, seed: int = 0) -> None:
         self.options = RandomKeepOptions(ratio=ratio)
-        self.generator = make_generator(seed, "random-keep")
+        self.generator = make_generator(as_int("seed", seed), "random-keep")
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         k = keep_count(len(y), self.options.ratio)

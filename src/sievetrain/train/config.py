@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from sievetrain.options import Options, option
 
 __all__ = ["TrainConfig"]
@@ -29,7 +31,7 @@ class TrainConfig(Options):
     )
     gamma: float = option(0.1, "step schedule: lr multiplier at each milestone, in (0, 1]")
     target_accuracy: float | None = option(None, "fraction in (0, 1]; time to reach it is reported")
-    device: str = option("cpu", "torch device string")
+    device: str = option("cpu", "torch device string: cpu, cuda, cuda:N or mps, where available")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -44,3 +46,30 @@ class TrainConfig(Options):
         t = self.target_accuracy
         if t is not None and (math.isnan(t) or not 0 < t <= 1):
             raise ValueError(f"invalid target_accuracy={t!r}: must be a fraction in (0, 1]")
+        _check_device(self.device)
+
+
+def _check_device(text: str) -> None:
+    """ValueError naming ``text`` unless it is a torch device this process can use."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(
+            f"invalid device={text!r}: not a torch device (cpu, cuda, cuda:N, mps)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch has no CUDA build"
+                if torch.version.cuda is None
+                else "no GPU is visible"
+            )
+            raise ValueError(f"invalid device={text!r}: CUDA is not available ({why})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"invalid device={text!r}: only {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"invalid device={text!r}: MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"invalid device={text!r}: sievetrain trains on cpu, cuda or mps")

@@ -51,7 +51,7 @@ class Trainer:
             default keeps every sample.
         seed: seeds the sampler default and torch's global stream during each
             epoch (forked, so the caller's global RNG state is left untouched).
-        progress: show a progress bar.
+        progress: show a progress bar; a string also names the run in it.
     """
 
     def __init__(
@@ -65,7 +65,7 @@ class Trainer:
         sampler: EpochSampler | None = None,
         selector: Selector | None = None,
         seed: int = 0,
-        progress: bool = False,
+        progress: bool | str = False,
     ) -> None:
         self.config = config
         self.device = torch.device(config.device)
@@ -135,7 +135,8 @@ class Trainer:
             self._set_lr(epoch / cfg.epochs)
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
-        bar = ProgressBar(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", n_batches)
+        name = f"{self.progress} · " if isinstance(self.progress, str) else ""
+        bar = ProgressBar(bool(self.progress), f"{name}epoch {epoch + 1}/{cfg.epochs}", n_batches)
         with bar, torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(derive_seed(self.seed, "torch", epoch))
             self.model.train()
