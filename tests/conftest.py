@@ -37,12 +37,12 @@ def fashion_mnist_dir(_private_cache):
     search (the Debian folder, then the session's cache) with downloads off, so a
     test that is not skipped finds the files exactly where ``load_dataset`` will.
     """
-    from sievetrain.data import datasets
+    from sievetrain.data import fashion_mnist
 
     try:
-        return datasets._find_fashion_mnist(None, None, download=False)
+        return fashion_mnist._find_fashion_mnist(None, None, download=False)
     except ValueError:
         pytest.skip(
             f"Fashion-MNIST not found locally: install the Debian package "
-            f"dataset-fashion-mnist ({datasets.DEBIAN_FASHION_MNIST_DIR})"
+            f"dataset-fashion-mnist ({fashion_mnist.DEBIAN_FASHION_MNIST_DIR})"
         )

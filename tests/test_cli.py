@@ -389,7 +389,7 @@ def test_a_damaged_results_line_is_named_by_file_and_line(tmp_path, capsys, cont
 def test_resume_moves_a_damaged_checkpoint_aside_and_removes_stale_temporaries(
     tmp_path, capsys, monkeypatch
 ):
-    import sievetrain.cli as cli
+    from sievetrain.console import BenchLog
 
     out = tmp_path / "o"
     args = ["bench", *SMALL, "--methods", "full,srs:0.5", "--seeds", "0", "--epochs", "2"]
@@ -401,9 +401,9 @@ def test_resume_moves_a_damaged_checkpoint_aside_and_removes_stale_temporaries(
         if len(epochs) == 3:  # full's two epochs, then srs:0.5's first
             raise KeyboardInterrupt
 
-    real_epoch = cli._Log.epoch
+    real_epoch = BenchLog.epoch
     with monkeypatch.context() as patch:
-        patch.setattr(cli._Log, "epoch", interrupt_after_the_third_epoch)
+        patch.setattr(BenchLog, "epoch", interrupt_after_the_third_epoch)
         code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out))
     assert code == 130
     assert "1 finished run in" in err and "srs:0.5 seed 0 was saved after epoch 1" in err
@@ -458,7 +458,6 @@ def test_help_shows_the_defaults_and_version_prints(capsys):
 @pytest.mark.parametrize("where", ["load_dataset", "prepare", "check_output"])
 def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, capsys, monkeypatch, where):
     import sievetrain.bench
-    import sievetrain.bench.runner
     import sievetrain.data
 
     def interrupt(*args, **kwargs):
@@ -467,7 +466,7 @@ def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, capsys, monkey
     module = {
         "load_dataset": sievetrain.data,
         "prepare": sievetrain.bench,
-        "check_output": sievetrain.bench.runner,
+        "check_output": sievetrain.bench,
     }[where]
     monkeypatch.setattr(module, where, interrupt)
     code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(tmp_path / "o"))

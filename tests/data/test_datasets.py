@@ -28,13 +28,14 @@ from sievetrain.data import (
     load_fashion_mnist,
     load_mnist1d,
 )
-from sievetrain.data import datasets as datasets_module
+from sievetrain.data import fashion_mnist as fashion_mnist_module
+from sievetrain.data import mnist1d as mnist1d_module
 from sievetrain.options import ArgumentError
 
 REPO = Path(__file__).parents[2]
 # The shared guard (tests/conftest.py): skips a test when Fashion-MNIST is not on disk.
 needs_fashion_mnist = pytest.mark.usefixtures("fashion_mnist_dir")
-FILES = [f"{stem}.gz" for stem in datasets_module.FASHION_MNIST_FILES]
+FILES = [f"{stem}.gz" for stem in fashion_mnist_module.FASHION_MNIST_FILES]
 
 
 @pytest.fixture
@@ -202,7 +203,7 @@ def _serve(folder):
 @pytest.fixture
 def no_local_copies(tmp_path, monkeypatch, cache):
     """No Debian folder; an empty cache. Returns the cache's Fashion-MNIST folder."""
-    monkeypatch.setattr(datasets_module, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fashion_mnist_module, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     monkeypatch.delenv("SIEVETRAIN_FASHION_MNIST_URL", raising=False)
     return cache / "fashion-mnist"
 
@@ -236,7 +237,7 @@ def test_fashion_mnist_download_verifies_and_caches(
     assert sorted(p.name for p in no_local_copies.iterdir()) == sorted(FILES)
     _assert_same(got, load_fashion_mnist(fashion_mnist_dir, train_size=300, test_size=100))
     # Later loads read the cache: the mirror is no longer needed.
-    monkeypatch.setattr(datasets_module, "DEBIAN_FASHION_MNIST_DIR", no_local_copies / "none")
+    monkeypatch.setattr(fashion_mnist_module, "DEBIAN_FASHION_MNIST_DIR", no_local_copies / "none")
     again = load_fashion_mnist(train_size=300, test_size=100, base_url=_closed_port_url())
     _assert_same(got, again)
 
@@ -278,15 +279,15 @@ FASHION_MNIST_TESTS = [
 # A pytest plugin for the run below: no Debian folder, and any download fails at once.
 HIDE_FASHION_MNIST = """
 import pathlib
-from sievetrain.data import datasets
+from sievetrain.data import fashion_mnist
 
 def pytest_configure(config):
-    datasets.DEBIAN_FASHION_MNIST_DIR = pathlib.Path({debian!r})
+    fashion_mnist.DEBIAN_FASHION_MNIST_DIR = pathlib.Path({debian!r})
 
     def no_download(base_url, folder):
         raise OSError("downloads are off in this test")
 
-    datasets._download_fashion_mnist = no_download
+    fashion_mnist._download_fashion_mnist = no_download
 """
 
 
@@ -333,7 +334,7 @@ def test_mnist1d_refuses_a_size_above_its_bound_before_generating(cache, monkeyp
         raise AssertionError("generation started")
 
     monkeypatch.setattr(mnist1d.data, "make_dataset", fail)
-    bound = datasets_module.MNIST1D_MAX_SAMPLES
+    bound = mnist1d_module.MNIST1D_MAX_SAMPLES
     with pytest.raises(ValueError, match=f"100001000.*{bound}.*hours.*GB") as info:
         load_dataset("mnist1d", train_size=100_000_000)
     assert "\n" not in str(info.value)

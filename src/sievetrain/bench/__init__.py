@@ -1,5 +1,6 @@
 """Benchmarks: the method registry, the interleaved runner and the report."""
 
+from sievetrain.bench.output import RESULTS, check_output
 from sievetrain.bench.registry import (
     LEVELS,
     REGISTRY,
@@ -10,7 +11,7 @@ from sievetrain.bench.registry import (
     register,
 )
 from sievetrain.bench.report import markdown_table, plot_accuracy_vs_time, summarize, write_report
-from sievetrain.bench.runner import RESULTS, Bench, prepare, run_bench, run_one
+from sievetrain.bench.runner import Bench, prepare, run_bench, run_one
 
 __all__ = [
     "LEVELS",
@@ -20,6 +21,7 @@ __all__ = [
     "Component",
     "Method",
     "RunSpec",
+    "check_output",
     "markdown_table",
     "parse_run",
     "plot_accuracy_vs_time",

@@ -4,16 +4,12 @@ Finished work is never lost: each finished run is appended atomically, each run 
 progress checkpoints atomically after every epoch, and ``resume=True`` skips the
 finished runs and continues the one that was interrupted from its last epoch.
 
-An output folder holds one bench: ``bench.json`` records what it is (data, model,
-training config, methods, seeds). A new bench refuses a folder that already holds
-sievetrain's output, and ``resume=True`` refuses a folder of another bench, naming
-what differs; so no command overwrites results, a report or a plot it did not
-write for the same bench. Files of the user's own in the folder are never touched.
+An output folder holds one bench; :mod:`sievetrain.bench.output` checks that running
+one there overwrites nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,8 +23,16 @@ from typing import Any
 import torch
 
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
+from sievetrain.bench.output import (
+    CHECKPOINTS,
+    MANIFEST,
+    OUTPUTS,
+    RESULTS,
+    check_output,
+    describe_bench,
+    run_key,
+)
 from sievetrain.bench.registry import RunSpec, parse_run
-from sievetrain.bench.report import REPORT_FILES
 from sievetrain.data import DataSplit
 from sievetrain.files import (
     CheckpointError,
@@ -36,7 +40,6 @@ from sievetrain.files import (
     atomic_torch_save,
     atomic_write_text,
     load_torch,
-    read_jsonl,
     remove_temporaries,
 )
 from sievetrain.models import DEFAULT_MODEL, build_model, check_model
@@ -44,26 +47,7 @@ from sievetrain.options import ArgumentError, RunContext
 from sievetrain.rng import derive_seed
 from sievetrain.train import TrainConfig, Trainer, environment
 
-__all__ = [
-    "Bench",
-    "MANIFEST",
-    "RESULTS",
-    "build_trainer",
-    "check_output",
-    "describe_bench",
-    "prepare",
-    "run_bench",
-    "run_key",
-    "run_one",
-]
-
-RESULTS = "results.jsonl"
-MANIFEST = "bench.json"
-CHECKPOINTS = "checkpoints"
-# Everything a bench writes into its output folder.
-OUTPUTS = (MANIFEST, RESULTS, *REPORT_FILES, CHECKPOINTS)
-# Keys every result record has (what the report reads).
-RECORD_KEYS = ("run_key", "method", "seed", "final_test_accuracy", "train_time_s", "history")
+__all__ = ["Bench", "build_trainer", "prepare", "run_bench", "run_one"]
 
 
 @dataclass(frozen=True)
@@ -146,37 +130,6 @@ def prepare(
             except ValueError as error:  # name the run whose option does not fit
                 raise ValueError(f"{run.label!r}: {error}") from None
     return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
-
-
-def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
-    """Identity of a run: same key, same computation."""
-    blob = json.dumps(
-        [
-            bench.data.name,
-            len(bench.data.train),
-            len(bench.data.test),
-            bench.model,
-            bench.config.to_dict(),
-            run.describe(),
-            seed,
-        ],
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def describe_bench(bench: Bench) -> dict[str, Any]:
-    """What a bench is, as plain JSON: the identity ``bench.json`` records."""
-    return {
-        "dataset": bench.data.name,
-        "train_size": len(bench.data.train),
-        "test_size": len(bench.data.test),
-        "model": bench.model,
-        "train": bench.config.to_dict(),
-        "methods": [run.label for run in bench.runs],
-        "resolved": {run.label: run.describe() for run in bench.runs},
-        "seeds": list(bench.seeds),
-    }
 
 
 def build_trainer(
@@ -323,85 +276,6 @@ def run_bench(
         if checkpoints.is_dir() and not any(checkpoints.iterdir()):
             checkpoints.rmdir()
     return records
-
-
-def check_output(out: Path, bench: Bench, *, resume: bool) -> list[dict[str, Any]]:
-    """The finished records of ``bench`` in ``out``, after checking that running
-    ``bench`` there overwrites nothing; reads only, creates nothing.
-
-    Without ``resume``, ``out`` must hold none of a bench's files (other files are
-    fine and left alone). With ``resume``, a folder that holds them must be this
-    bench's (its ``bench.json`` equal to :func:`describe_bench`), and every line of
-    its ``results.jsonl`` a record of one of its runs.
-
-    Raises:
-        ArgumentError: ``out`` is a file; it holds output and ``resume`` is False; or
-            it holds another bench's output (naming what differs).
-        ValueError: naming the file (and line) of a damaged ``bench.json`` or
-            ``results.jsonl``.
-    """
-    if out.exists() and not out.is_dir():
-        raise ArgumentError(f"{{out}} {str(out)!r} is a file, not a folder", out="out=")
-    present = [name for name in OUTPUTS if (out / name).exists()]
-    if not present:
-        return []
-    if not resume:
-        raise ArgumentError(
-            f"{{out}} {str(out)!r} already holds a bench's output ({', '.join(present)}): "
-            "pass {resume} to continue that bench, or choose another folder; "
-            "nothing there was changed",
-            out="out=",
-            resume="resume=True",
-        )
-    manifest = out / MANIFEST
-    if not manifest.exists():
-        raise ArgumentError(
-            f"{{resume}}: {str(out)!r} holds {', '.join(present)} but no {MANIFEST}, so "
-            "which bench it holds is unknown; choose another folder",
-            resume="resume=True",
-        )
-    try:
-        there = json.loads(manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{str(manifest)!r} is damaged: {error}") from None
-    here = json.loads(json.dumps(describe_bench(bench)))  # tuples as JSON lists
-    differences = _differences(there, here) if isinstance(there, dict) else ["everything"]
-    if differences:
-        raise ArgumentError(
-            f"{{resume}}: {str(out)!r} holds another bench; {'; '.join(differences)}. "
-            "Resume with the same data, model, methods, seeds and training options, "
-            "or choose another folder",
-            resume="resume=True",
-        )
-    keys = {run_key(bench, run, seed) for seed in bench.seeds for run in bench.runs}
-    records = read_jsonl(out / RESULTS)
-    for number, record in enumerate(records, 1):
-        missing = [k for k in RECORD_KEYS if k not in record]
-        if missing or record["run_key"] not in keys:
-            why = f"lacks {', '.join(missing)}" if missing else "is no run of this bench"
-            raise ValueError(
-                f"{str(out / RESULTS)!r} record {number} {why}: fix or remove that line"
-            )
-    return records
-
-
-def _differences(there: dict[str, Any], here: dict[str, Any], prefix: str = "") -> list[str]:
-    """``KEY: X there, Y here`` for each entry that differs (nested dicts by key)."""
-    found = []
-    for key in dict.fromkeys([*there, *here]):
-        a, b = there.get(key), here.get(key)
-        if a == b or (key == "resolved" and there.get("methods") != here.get("methods")):
-            continue  # resolved options matter only when the method labels agree
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
-        else:
-            found.append(f"{prefix}{key}: {_short(a)} there, {_short(b)} here")
-    return found
-
-
-def _short(value: Any, width: int = 80) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _quarantine(checkpoint: Path, reason: str) -> None:
