@@ -41,4 +41,4 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) sievetrain-bench
+	rm -rf $(VENV) sievetrain-bench sievetrain-train
