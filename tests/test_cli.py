@@ -477,9 +477,11 @@ def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, capsys, monkey
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
 def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path, delay):
-    """A real SIGINT, during imports, data loading, validation or training."""
+    """A real SIGINT, during imports, data loading, validation or training (50 epochs:
+    long enough that the bench is still running at the last delay)."""
+    args = [*SMALL, "--methods", "full", "--seeds", "0", "--epochs", "50"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sievetrain", "bench", *ONE, "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "sievetrain", "bench", *args, "--out", str(tmp_path / "o")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -24,6 +24,8 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
@@ -33,6 +35,7 @@ __all__ = [
     "Options",
     "RunContext",
     "as_int",
+    "naming",
     "option",
     "parse_typed",
 ]
@@ -55,6 +58,19 @@ class ArgumentError(ValueError):
         for name, spelling in self.spelled.items():
             message = message.replace("{" + name + "}", flags.get(name, spelling))
         return message
+
+
+@contextmanager
+def naming(label: str) -> Iterator[None]:
+    """Prefix ``label`` to a ValueError raised inside (``'fixed:0': ratio must ...``),
+    so the message says which method or run a bad value belongs to. An
+    :class:`ArgumentError` passes unchanged: it already names its argument."""
+    try:
+        yield
+    except ArgumentError:
+        raise
+    except ValueError as error:
+        raise ValueError(f"{label!r}: {error}") from None
 
 
 def option(default: Any, meaning: str) -> Any:

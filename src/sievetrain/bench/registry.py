@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from sievetrain.options import ArgumentError, Options, RunContext
+from sievetrain.options import ArgumentError, Options, RunContext, naming
 
 __all__ = [
     "LEVELS",
@@ -200,12 +200,8 @@ def _parse_component(part: str, whole: str) -> Component:
             f"unknown method {name!r} in {whole!r}; known: {', '.join(sorted(REGISTRY))}"
         )
     method = REGISTRY[name]
-    try:
+    with naming(part):
         return _component(method, part, raw_value if sep else None, assignments)
-    except ArgumentError:
-        raise
-    except ValueError as error:  # name the method whose value is bad
-        raise ValueError(f"{part!r}: {error}") from None
 
 
 def _component(

@@ -43,7 +43,7 @@ from sievetrain.files import (
     remove_temporaries,
 )
 from sievetrain.models import DEFAULT_MODEL, build_model, check_model
-from sievetrain.options import ArgumentError, RunContext
+from sievetrain.options import ArgumentError, RunContext, naming
 from sievetrain.rng import derive_seed
 from sievetrain.train import TrainConfig, Trainer, environment
 
@@ -122,13 +122,9 @@ def prepare(
         # Two samples: batch norm in training mode needs more than one.
         context = _context(data, config, model=net, sample=data.train[:2])
     for run in runs:
-        for component in run.components():
-            try:
+        with naming(run.label):
+            for component in run.components():
                 component.options.check(context)
-            except ArgumentError:
-                raise
-            except ValueError as error:  # name the run whose option does not fit
-                raise ValueError(f"{run.label!r}: {error}") from None
     return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
 
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain.data.common import _as_size, cache_dir
+from sievetrain.data.common import cache_dir
 from sievetrain.data.split import DataSplit
 from sievetrain.files import atomic_write_bytes
-from sievetrain.options import ArgumentError
+from sievetrain.options import ArgumentError, as_int
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -84,9 +84,9 @@ def load_fashion_mnist(
             the data).
     """
     if train_size is not None:
-        train_size = _as_size("train_size", train_size)
+        train_size = as_int("train_size", train_size, 1)
     if test_size is not None:
-        test_size = _as_size("test_size", test_size)
+        test_size = as_int("test_size", test_size, 1)
     folder = _find_fashion_mnist(data_dir, base_url, download)
     train = _read_fashion_mnist(folder, "train", train_size, "train_size")
     test = _read_fashion_mnist(folder, "t10k", test_size, "test_size")

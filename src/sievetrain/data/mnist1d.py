@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain.data.common import _as_size, cache_dir
+from sievetrain.data.common import cache_dir
 from sievetrain.data.split import DataSplit
 from sievetrain.files import CheckpointError, atomic_torch_save, load_torch
+from sievetrain.options import as_int
 
 __all__ = [
     "MNIST1D_MAX_SAMPLES",
@@ -62,7 +63,7 @@ def load_mnist1d(
         ValueError: A size is not an int > 0, or their sum is above
             :data:`MNIST1D_MAX_SAMPLES`.
     """
-    train_size, test_size = _as_size("train_size", train_size), _as_size("test_size", test_size)
+    train_size, test_size = as_int("train_size", train_size, 1), as_int("test_size", test_size, 1)
     total = train_size + test_size
     if total > MNIST1D_MAX_SAMPLES:
         seconds = total / _MNIST1D_SAMPLES_PER_S
