@@ -178,6 +178,16 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--set", "milestones=0.5,x"], "milestones='x'"),
         (["--set", "milestones=1.5"], "milestones=(1.5,)"),
         (["--resume"], "--resume needs --out"),
+        # Budget-matched baselines, InfoBatch and RS2 (issue 14):
+        (["--methods", "full/budget=0"], "'full/budget=0': budget"),
+        (["--methods", "full/budget=1.5"], "1.5"),
+        (["--methods", "full/budget=-0.2"], "-0.2"),
+        (["--methods", "infobatch:0"], "'infobatch:0': prune"),
+        (["--methods", "infobatch:1"], "'infobatch:1': prune"),
+        (["--methods", "infobatch/delta=0"], "'infobatch/delta=0': delta"),
+        (["--methods", "infobatch/delta=1.2"], "1.2"),
+        (["--methods", "rs2:0"], "'rs2:0': ratio"),
+        (["--methods", "rs2:1.5", "--matched"], "1.5"),
         (["--train-size", "100000000"], "would take about"),
         (["--data-dir", "/nonexistent"], "--data-dir '/nonexistent' is for Fashion-MNIST"),
     ],
@@ -305,6 +315,7 @@ def test_files_of_the_users_own_survive_a_bench_in_their_folder(tmp_path, capsys
         "report.md",
         "accuracy_vs_time.png",
         "entropy_vs_epoch.png",
+        "summary.json",
     }
 
 

@@ -97,6 +97,7 @@ def _main(argv: list[str], state: Saved) -> int:
         print(methods_listing(), end="")
         return 0
     from sievetrain.bench import RESULTS, run_bench, write_report
+    from sievetrain.bench.matched import planned_runs
     from sievetrain.options import ArgumentError
 
     try:
@@ -105,7 +106,7 @@ def _main(argv: list[str], state: Saved) -> int:
         return _error(error.render(FLAGS))
     except (ValueError, OSError) as error:
         return _error(str(error))
-    total = len(bench.runs) * len(bench.seeds)
+    total = planned_runs(bench)
     log = BenchLog(state, args, total, len(done))
     if done:
         log.skipped(out, done)
@@ -172,7 +173,14 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
     )
     bench = prepare(
-        data, methods, seeds, model=args.model, config=config, sets=sets, optimizer=args.optimizer
+        data,
+        methods,
+        seeds,
+        model=args.model,
+        config=config,
+        sets=sets,
+        optimizer=args.optimizer,
+        matched=getattr(args, "matched", False),
     )
     return bench, out, check_output(out, bench, resume=args.resume)
 
@@ -221,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated methods (default: {DEFAULT_METHODS})",
     )
     bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    bench.add_argument(
+        "--matched",
+        action="store_true",
+        help="add, for every method, full data trained for the same compute "
+        "(full/budget=F, F = the method's fraction of backward passes; one per distinct F) "
+        "and compare each method with it",
+    )
     for command, p in (("train", train), ("bench", bench)):
         p.add_argument(
             "--out",

@@ -122,6 +122,12 @@ class Options:
             ValueError: naming the option and the value that cannot work in this run.
         """
 
+    def backprop_fraction(self, context: RunContext) -> float | None:
+        """Expected backward passes of a run with these options, as a fraction of full
+        data's over the same epochs (what a budget-matched baseline gets); None when only
+        a run can tell. 1 by default: the method does not change what is backpropagated."""
+        return 1.0
+
     @classmethod
     @functools.cache
     def describe(cls) -> tuple[OptionInfo, ...]:

@@ -1,4 +1,4 @@
-"""Coverage theory of Soft Random Sampling, checked exactly and against the real sampler."""
+"""Coverage theory of Soft Random Sampling and RS2, checked exactly and by the real samplers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from sievetrain.sampling import (
     expected_epochs_to_full_coverage,
     subset_size,
 )
+from sievetrain.sampling.coverage import rs2_coverage, rs2_epochs_to_full_coverage
+from sievetrain.sampling.rs2 import RS2Sampler
 
 
 def _harmonic(n: int) -> Fraction:
@@ -182,5 +184,80 @@ def test_coverage_tracker_state_round_trip():
     ],
 )
 def test_bad_arguments_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# --- RS2: subsets without replacement across epochs ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "ratio", "epochs"),
+    [(1000, 0.1, 7), (1000, 0.1, 10), (1000, 0.3, 3), (1000, 0.3, 4), (97, 0.2, 5), (97, 0.2, 6)]
+    + [(50, 0.06, 20), (13, 1.0, 2), (200, 0.35, 9)],
+)
+def test_rs2_coverage_is_exact_for_every_seed(n, ratio, epochs):
+    # m does not divide n in (1000, 0.3), (97, 0.2), (50, 0.06) and (200, 0.35).
+    m = subset_size(n, ratio)
+    expected = rs2_coverage(n, m, epochs)
+    assert expected == min(1.0, epochs * m / n)
+    for seed in range(5):
+        tracker = CoverageTracker(n)
+        sampler = RS2Sampler(n, ratio, seed=seed)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            tracker.update(sampler.epoch_indices())
+        assert tracker.seen == min(n, epochs * m)
+        assert tracker.fraction == expected
+
+
+@pytest.mark.parametrize(("n", "ratio"), [(1000, 0.1), (1000, 0.3), (97, 0.2), (12, 0.25)])
+def test_rs2_sees_everything_exactly_at_ceil_n_over_m_epochs(n, ratio):
+    m = subset_size(n, ratio)
+    epochs = rs2_epochs_to_full_coverage(n, m)
+    assert epochs == math.ceil(n / m)
+    sampler, seen = RS2Sampler(n, ratio, seed=4), set()
+    for epoch in range(epochs):
+        assert len(seen) < n
+        sampler.set_epoch(epoch)
+        seen.update(sampler.epoch_indices().tolist())
+    assert len(seen) == n
+
+
+def test_rs2_covers_at_least_as_much_as_srs():
+    for n, m in [(100, 10), (1000, 300), (97, 19)]:
+        for epochs in range(0, 12):
+            rs2, srs = rs2_coverage(n, m, epochs), expected_coverage(n, m, epochs)
+            assert rs2 >= srs
+            if 2 <= epochs and m < n:
+                assert rs2 > srs  # SRS's later epochs spend draws on samples already seen
+    for n, m in [(30, 5), (12, 3), (20, 7)]:
+        assert rs2_epochs_to_full_coverage(n, m) < expected_epochs_to_full_coverage(n, m)
+
+
+def test_rs2_coverage_edge_cases():
+    assert rs2_coverage(10, 3, 0) == 0.0
+    assert rs2_coverage(10, 3, 3) == 0.9
+    assert rs2_coverage(10, 3, 4) == 1.0
+    assert rs2_coverage(10, 10, 1) == 1.0
+    assert rs2_epochs_to_full_coverage(10, 3) == 4
+    assert rs2_epochs_to_full_coverage(10, 10) == 1
+    assert rs2_epochs_to_full_coverage(1, 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: rs2_coverage(0, 1, 1), "n must be a positive integer, got 0"),
+        (lambda: rs2_coverage(10, 0, 1), "m must be a positive integer, got 0"),
+        (lambda: rs2_coverage(10, 11, 1), "m must be <= n=10, got 11"),
+        (lambda: rs2_coverage(10, 2, -1), "epochs must be a non-negative integer, got -1"),
+        (lambda: rs2_coverage(10, 2, 1.5), "got 1.5"),
+        (lambda: rs2_coverage(10, 2, True), "got True"),
+        (lambda: rs2_epochs_to_full_coverage(5, 6), "got 6"),
+        (lambda: rs2_epochs_to_full_coverage(-2, 1), "got -2"),
+    ],
+)
+def test_rs2_coverage_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()

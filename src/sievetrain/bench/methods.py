@@ -7,7 +7,17 @@ from __future__ import annotations
 from sievetrain.bench.registry import Method, register
 from sievetrain.optim import OPTIMIZERS, build_optimizer
 from sievetrain.options import RunContext
-from sievetrain.sampling import GradMatchOptions, GradMatchSampler, SoftRandomSampler, SRSOptions
+from sievetrain.sampling import (
+    FullOptions,
+    GradMatchOptions,
+    GradMatchSampler,
+    InfoBatchOptions,
+    InfoBatchSampler,
+    RS2Options,
+    RS2Sampler,
+    SoftRandomSampler,
+    SRSOptions,
+)
 from sievetrain.selection import (
     SIFT,
     RandomKeep,
@@ -23,6 +33,17 @@ __all__: list[str] = []
 def _srs(options: SRSOptions, context: RunContext) -> SoftRandomSampler:
     return SoftRandomSampler(
         context.n, seed=context.seed, batch_size=context.batch_size, **options.to_dict()
+    )
+
+
+def _rs2(options: RS2Options | FullOptions, context: RunContext) -> RS2Sampler:
+    ratio = options.budget if isinstance(options, FullOptions) else options.ratio
+    return RS2Sampler(context.n, ratio, seed=context.seed)
+
+
+def _infobatch(options: InfoBatchOptions, context: RunContext) -> InfoBatchSampler:
+    return InfoBatchSampler(
+        context.n, epochs=context.epochs, seed=context.seed, **options.to_dict()
     )
 
 
@@ -53,11 +74,10 @@ register(
     Method(
         "full",
         "sampler",
-        "full data, reshuffled every epoch (the baseline)",
-        SRSOptions,
-        _srs,
-        pinned={"ratio": 1.0},
-        exposed=(),
+        "full data, reshuffled every epoch (the baseline); with /budget=F, for F of the "
+        "run's optimizer steps, the schedule compressed to end at that budget",
+        FullOptions,
+        _rs2,
         card="srs",
     )
 )
@@ -83,6 +103,30 @@ register(
         pinned={"interval": 0},
         exposed=("ratio", "within_epoch_replacement", "granularity"),
         card="srs",
+    )
+)
+register(
+    Method(
+        "rs2",
+        "sampler",
+        "RS2: the next ratio*n samples of a stream of permutations each epoch (random "
+        "subsets without replacement across epochs)",
+        RS2Options,
+        _rs2,
+        knob="ratio",
+        card="srs",
+    )
+)
+register(
+    Method(
+        "infobatch",
+        "sampler",
+        "InfoBatch: drop each sample whose last loss is below the mean with probability "
+        "`prune`, rescale the kept ones; full data from epoch delta*E on",
+        InfoBatchOptions,
+        _infobatch,
+        knob="prune",
+        card="infobatch",
     )
 )
 register(

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sievetrain.bench.matched import resolve_measured
 from sievetrain.bench.registry import RunSpec
 from sievetrain.bench.report import REPORT_FILES
 from sievetrain.files import read_jsonl
@@ -39,7 +40,17 @@ CHECKPOINTS = "checkpoints"
 # Everything a bench writes into its output folder.
 OUTPUTS = (MANIFEST, RESULTS, *REPORT_FILES, CHECKPOINTS)
 # Keys every result record has (what the report reads).
-RECORD_KEYS = ("run_key", "method", "seed", "final_test_accuracy", "train_time_s", "history")
+RECORD_KEYS = (
+    "run_key",
+    "method",
+    "seed",
+    "epochs",
+    "train_size",
+    "final_test_accuracy",
+    "train_time_s",
+    "samples_backpropagated",
+    "history",
+)
 
 
 def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
@@ -70,6 +81,7 @@ def describe_bench(bench: Bench) -> dict[str, Any]:
         "methods": [run.label for run in bench.runs],
         "resolved": {run.label: run.describe() for run in bench.runs},
         "seeds": list(bench.seeds),
+        "matched": {label: match.to_dict() for label, match in bench.matches.items()},
     }
 
 
@@ -121,16 +133,20 @@ def check_output(out: Path, bench: Bench, *, resume: bool) -> list[dict[str, Any
             "or choose another folder",
             resume="resume=True",
         )
-    keys = {run_key(bench, run, seed) for seed in bench.seeds for run in bench.runs}
     records = read_jsonl(out / RESULTS)
     for number, record in enumerate(records, 1):
-        missing = [k for k in RECORD_KEYS if k not in record]
-        if missing or record["run_key"] not in keys:
-            why = f"lacks {', '.join(missing)}" if missing else "is no run of this bench"
-            raise ValueError(
-                f"{str(out / RESULTS)!r} record {number} {why}: fix or remove that line"
-            )
+        if missing := [k for k in RECORD_KEYS if k not in record]:
+            _damaged(out, number, f"lacks {', '.join(missing)}")
+    bench = resolve_measured(bench, records)  # the baselines of measured matches
+    keys = {run_key(bench, run, seed) for seed in bench.seeds for run in bench.runs}
+    for number, record in enumerate(records, 1):
+        if record["run_key"] not in keys:
+            _damaged(out, number, "is no run of this bench")
     return records
+
+
+def _damaged(out: Path, number: int, why: str) -> None:
+    raise ValueError(f"{str(out / RESULTS)!r} record {number} {why}: fix or remove that line")
 
 
 def _differences(there: dict[str, Any], here: dict[str, Any], prefix: str = "") -> list[str]:

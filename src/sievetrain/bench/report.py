@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sievetrain.bench.compare import (
+    disturbed_notes,
+    matched_rows,
+    matched_section,
+    timing_cells,
+    timing_summary,
+)
 from sievetrain.files import atomic_write_bytes, atomic_write_text
 from sievetrain.train import time_to_target
 
@@ -23,13 +31,15 @@ __all__ = [
 ]
 
 # What write_report writes into a bench's folder.
-REPORT_FILES = ("report.md", "accuracy_vs_time.png", "entropy_vs_epoch.png")
+REPORT_FILES = ("report.md", "accuracy_vs_time.png", "entropy_vs_epoch.png", "summary.json")
 COLUMNS = (
     "method",
     "seeds",
     "test accuracy (%)",
     "train time (s)",
+    "CPU time (s)",
     "speed-up",
+    "CPU speed-up",
     "Δ acc (pts)",
     "entropy",
     "time to target (s)",
@@ -98,12 +108,15 @@ def summarize(
                 "coverage": 100 * _mean(r["coverage"] for r in runs),
                 "sampler_share": 100
                 * _mean(r["time_breakdown_s"]["sampling"] / r["train_time_s"] for r in runs),
+                **timing_summary(runs, base_runs),
             }
         )
     return rows, target
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary rows as a markdown table, then a line for each method whose
+    timing is disturbed (its speed-up cells, and those compared with it, say so)."""
     selects = any(r["selects"] for r in rows)
     subsets = any(r["subset_selections"] for r in rows)
     columns = COLUMNS + SELECTION_COLUMNS * selects + SUBSET_COLUMNS * subsets
@@ -119,7 +132,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             str(r["seeds"]),
             f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}",
             f"{r['train_time_mean']:.1f} ± {r['train_time_std']:.1f}",
-            f"{r['speedup']:.2f}×",
+            *timing_cells(r),  # CPU time, speed-up, CPU speed-up
             f"{r['accuracy_delta']:+.2f}",
             "—" if r["entropy"] is None else f"{r['entropy']:.3f}",
             ttt,
@@ -137,7 +150,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             per = r["seconds_per_selection"]
             cells += [f"{r['subset_selections']:g}", "—" if per is None else f"{per:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + disturbed_notes(rows)) + "\n"
 
 
 def plot_accuracy_vs_time(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -221,16 +234,18 @@ def epoch_table(
 def write_report(
     out: Path, records: Sequence[dict[str, Any]], *, command: str, target: float | None = None
 ) -> str:
-    """Write ``report.md``, ``accuracy_vs_time.png`` and (when the runs recorded
-    it) ``entropy_vs_epoch.png`` into ``out``; returns the summary table."""
+    """Write ``report.md``, ``accuracy_vs_time.png``, ``summary.json`` and (when the
+    runs recorded it) ``entropy_vs_epoch.png`` into ``out``; returns the summary
+    table, led by the comparison at equal compute when the bench ran ``--matched``."""
     rows, target = summarize(records, target)
-    table = markdown_table(rows)
+    matched = matched_rows(records)
+    table = matched_section(matched) + markdown_table(rows)
     first = records[0]
     env = first["environment"]
     train = first["config"]["train"]
     epochs = first["epochs"]
     title = f"{first['dataset']} · {first['model']} · {epochs} epoch{'s' * (epochs != 1)}"
-    report, accuracy_plot, entropy_plot = REPORT_FILES
+    report, accuracy_plot, entropy_plot, summary = REPORT_FILES
     plot_accuracy_vs_time(records, out / accuracy_plot, title)
     per_epoch = ["## Test accuracy (%) by epoch", "", epoch_table(records, "test_accuracy", 100, 2)]
     if all("test_entropy" in h for r in records for h in r["history"]):
@@ -253,8 +268,10 @@ def write_report(
             table,
             f"Baseline for speed-up and Δ acc: `{baseline_label(records)}`. "
             f"Time to target: training seconds until test accuracy ≥ {100 * target:.2f}%. "
-            "Train time excludes evaluation; the sampler share is the time spent choosing "
-            "indices and counting coverage, as a share of train time; entropy is the final "
+            "Train time excludes evaluation; CPU time is the process's CPU seconds over the "
+            "same span (about threads × wall time on an idle machine); the sampler share is "
+            "the time spent choosing indices and counting coverage, as a share of train time; "
+            "entropy is the final "
             "normalized prediction entropy on the test set (0 = confident, 1 = uniform).",
             "",
             f"Data: {first['train_size']} train / {first['test_size']} test samples; batch "
@@ -272,6 +289,9 @@ def write_report(
         ]
     )
     atomic_write_text(out / report, text)
+    summary_json = {"baseline": baseline_label(records), "target_accuracy": target}
+    summary_json |= {"methods": rows, "matched": matched}
+    atomic_write_text(out / summary, json.dumps(summary_json, indent=2) + "\n")
     return table
 
 

@@ -15,7 +15,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
+from sievetrain.bench.matched import Match, add_matched, compare_seed, resolve_measured
 from sievetrain.bench.output import (
     CHECKPOINTS,
     MANIFEST,
@@ -52,13 +53,16 @@ __all__ = ["Bench", "build_trainer", "prepare", "run_bench", "run_one"]
 
 @dataclass(frozen=True)
 class Bench:
-    """A resolved benchmark: data, model, training config, runs and seeds."""
+    """A resolved benchmark: data, model, training config, runs and seeds, and each
+    method's budget-matched baseline (``matches``, by run label; see
+    :mod:`sievetrain.bench.matched`)."""
 
     data: DataSplit
     model: str
     config: TrainConfig
     runs: tuple[RunSpec, ...]
     seeds: tuple[int, ...]
+    matches: Mapping[str, Match] = field(default_factory=dict)
 
 
 def prepare(
@@ -70,6 +74,7 @@ def prepare(
     config: TrainConfig = TrainConfig(),
     sets: Mapping[str, Any] | None = None,
     optimizer: str | None = None,
+    matched: bool = False,
 ) -> Bench:
     """Resolve and validate everything before any training starts, so that bad
     input fails in a second, not after an hour of runs.
@@ -82,6 +87,8 @@ def prepare(
     ``sets`` map ``KEY`` (or ``NAME/KEY``) to a value, written as text or typed: training-config
     fields, or options of the methods, applied to every run whose methods have them.
     ``optimizer`` is the optimizer-level method of runs that name none (default sgd).
+    ``matched`` adds each method's budget-matched full-data baseline
+    (:func:`~sievetrain.bench.matched.add_matched`), one per distinct fraction.
     """
     if not seeds:
         raise ArgumentError("no seeds given: pass at least one seed in {seeds}", seeds="seeds=")
@@ -116,6 +123,9 @@ def prepare(
     model = model or DEFAULT_MODEL[data.name]
     check_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
     context = _context(data, config)
+    matches: dict[str, Match] = {}
+    if matched:
+        runs, matches = add_matched(runs, context)
     if any(c.options.needs_model for run in runs for c in run.components()):
         with torch.random.fork_rng(devices=[]):
             net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
@@ -125,7 +135,7 @@ def prepare(
         with naming(run.label):
             for component in run.components():
                 component.options.check(context)
-    return Bench(data, model, config, runs, tuple(int(s) for s in seeds))
+    return Bench(data, model, config, runs, tuple(int(s) for s in seeds), matches)
 
 
 def build_trainer(
@@ -235,7 +245,7 @@ def run_bench(
     ``on_start(run, seed, epochs_done)`` as a run starts or resumes,
     ``on_epoch(run, seed, entry)`` after each epoch, ``on_run(record)`` as it ends.
     """
-    done = {r["run_key"]: r for r in check_output(out, bench, resume=resume)}
+    finished = check_output(out, bench, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MANIFEST).exists():
         atomic_write_text(out / MANIFEST, json.dumps(describe_bench(bench), indent=2) + "\n")
@@ -243,10 +253,15 @@ def run_bench(
     for name in OUTPUTS:
         remove_temporaries(out, name)  # left by a process killed mid-write
     remove_temporaries(checkpoints, "*.pt")
-    records = []
+    done = {r["run_key"]: r for r in finished}
+    bench = resolve_measured(bench, finished)
+    records: list[dict[str, Any]] = []
     try:
         for seed in bench.seeds:
-            for run in bench.runs:
+            position = 0
+            while position < len(bench.runs):  # a measured match adds its baseline
+                run = bench.runs[position]
+                position += 1
                 key = run_key(bench, run, seed)
                 ckpt = checkpoints / f"{_slug(run.label)}-seed{seed}-{key}.pt"
                 if key in done:  # its checkpoint outlived it when a crash came in between
@@ -263,6 +278,8 @@ def run_bench(
                     on_start=None if on_start is None else partial(on_start, run, seed),
                     on_epoch=None if on_epoch is None else partial(on_epoch, run, seed),
                 )
+                bench = resolve_measured(bench, [*records, record])
+                compare_seed(record, records, bench.matches)
                 append_jsonl(out / RESULTS, record)
                 ckpt.unlink(missing_ok=True)
                 records.append(record)

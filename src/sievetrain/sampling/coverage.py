@@ -1,9 +1,13 @@
-"""Coverage of Soft Random Sampling: how much of the data a run sees, in theory and in fact.
+"""Coverage of random subset sampling: how much of the data a run sees, in theory and in fact.
 
-After K epochs of m draws from n samples (METHODS.md §1), the expected fraction seen is
-``1 - (1 - m/n)^K`` for the paper's scheme (m distinct samples per epoch) and
+Soft Random Sampling: after K epochs of m draws from n samples (METHODS.md §1), the expected
+fraction seen is ``1 - (1 - m/n)^K`` for the paper's scheme (m distinct samples per epoch) and
 ``1 - (1 - 1/n)^(m K)`` for m i.i.d. draws per epoch. The expected number of epochs until every
 sample has been seen follows from inclusion–exclusion over the set of unseen samples.
+
+RS2 (subsets without replacement across epochs, :mod:`sievetrain.sampling.rs2`) walks through
+a permutation before drawing again, so its coverage is not random: exactly ``min(1, K m / n)``
+after K epochs, and every sample is seen after ``ceil(n / m)`` epochs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from math import comb
 
 import torch
 
-__all__ = ["CoverageTracker", "expected_coverage", "expected_epochs_to_full_coverage"]
+__all__ = [
+    "CoverageTracker",
+    "expected_coverage",
+    "expected_epochs_to_full_coverage",
+    "rs2_coverage",
+    "rs2_epochs_to_full_coverage",
+]
 
 
 def _check_sizes(n: int, m: int) -> None:
@@ -24,6 +34,11 @@ def _check_sizes(n: int, m: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if m > n:
         raise ValueError(f"m must be <= n={n}, got {m!r}")
+
+
+def _check_epochs(epochs: int) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
 
 
 def expected_coverage(n: int, m: int, epochs: int, within_epoch_replacement: bool = False) -> float:
@@ -45,8 +60,7 @@ def expected_coverage(n: int, m: int, epochs: int, within_epoch_replacement: boo
     """
     _check_sizes(n, m)
     n, m = int(n), int(m)
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    _check_epochs(epochs)
     if within_epoch_replacement and n == 1:  # log1p(-1) = -inf: the first draw sees it all
         return float(epochs > 0)
     if within_epoch_replacement:
@@ -87,6 +101,44 @@ def expected_epochs_to_full_coverage(
             miss = Fraction(comb(n - j, m), comb(n, m))  # the subset avoids the j samples
         total += (-1) ** (j + 1) * comb(n, j) / (1 - miss)
     return total
+
+
+def rs2_coverage(n: int, m: int, epochs: int) -> float:
+    """Fraction of the ``n`` samples RS2 has seen after ``epochs`` epochs of ``m``: exactly
+    ``min(1, K m / n)``, for every seed.
+
+    RS2's first K m draws are the start of one permutation (then of the next), so the first pass
+    has no repeats: nothing is random about its coverage. Soft Random Sampling's m distinct
+    samples per epoch, drawn afresh every epoch, cover ``1 - (1 - m/n)^K`` in expectation
+    (:func:`expected_coverage`), which is less for every K >= 2 with m < n: its later epochs
+    spend draws on samples already seen.
+
+    Args:
+        n: Dataset size.
+        m: Samples per epoch, ``1 <= m <= n``.
+        epochs: K, the number of epochs (>= 0).
+
+    Returns:
+        Coverage in [0, 1] (multiply by n for the number of samples).
+    """
+    _check_sizes(n, m)
+    _check_epochs(epochs)
+    return float(min(Fraction(1), Fraction(int(m) * int(epochs), int(n))))
+
+
+def rs2_epochs_to_full_coverage(n: int, m: int) -> int:
+    """Epochs until RS2 has seen every one of ``n`` samples, ``m`` per epoch: ``ceil(n / m)``.
+
+    Exact (not an expectation): the first pass of the stream reaches its end in that epoch.
+    Compare :func:`expected_epochs_to_full_coverage` for Soft Random Sampling, which grows
+    roughly like ``ln(n) / -ln(1 - m/n)`` (the coupon collector's ``n H_n`` for m = 1).
+
+    Args:
+        n: Dataset size.
+        m: Samples per epoch, ``1 <= m <= n``.
+    """
+    _check_sizes(n, m)
+    return -(-int(n) // int(m))
 
 
 class CoverageTracker:

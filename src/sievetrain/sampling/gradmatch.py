@@ -55,6 +55,13 @@ class GradMatchOptions(Options):
             raise ValueError(f"kappa must be in [0, 1), got {self.kappa!r}")
         check_omp_options(self.lam, self.eps)
 
+    def backprop_fraction(self, context: RunContext) -> float:
+        """Warm start included: its full-data epochs, then r of the data from the
+        end of the skipped epochs on (about r in all, by the warm start's design).
+        The selections' scoring passes are forward-only and not counted."""
+        full, start = warm_start_schedule(context.epochs, self.kappa, self.ratio)
+        return (full + (context.epochs - start) * self.ratio) / context.epochs
+
     def check(self, context: RunContext) -> None:
         _Plan(
             n=context.n,

@@ -81,6 +81,11 @@ class SRSOptions(Options):
         as_int("interval", self.interval, 0)
         as_int("warm_start_epochs", self.warm_start_epochs, 0)
 
+    def backprop_fraction(self, context: RunContext) -> float:
+        """r after the warm start's full-data epochs: ``(W + (E - W) r) / E``."""
+        warm = min(self.warm_start_epochs, context.epochs)
+        return (warm + (context.epochs - warm) * self.ratio) / context.epochs
+
     def check(self, context: RunContext) -> None:
         _Plan(n=context.n, seed=context.seed, batch_size=context.batch_size, **self.to_dict())
 

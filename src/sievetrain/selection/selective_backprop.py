@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sievetrain.losses import sample_losses
-from sievetrain.options import Options, as_int, option
+from sievetrain.options import Options, RunContext, as_int, option
 from sievetrain.rng import make_generator
 from sievetrain.scoring import scoring_mode
 from sievetrain.selection.base import Selector
@@ -51,6 +51,15 @@ class SelectiveBackpropOptions(Options):
             raise ValueError(f"invalid history={self.history!r}: must be >= 1")
         if self.full_epochs < 0:
             raise ValueError(f"invalid full_epochs={self.full_epochs!r}: must be >= 0")
+
+    def backprop_fraction(self, context: RunContext) -> float:
+        """All of the first ``full_epochs``, then E[max(s, U^β)] for a percentile U
+        uniform on [0, 1]: ``s^(1 + 1/β) + (1 - s^(1 + 1/β)) / (1 + β)``."""
+        s, beta = self.min_prob, self.beta
+        floor = s ** (1 + 1 / beta)
+        kept = floor + (1 - floor) / (1 + beta)
+        full = min(self.full_epochs, context.epochs)
+        return (full + (context.epochs - full) * kept) / context.epochs
 
 
 class SelectiveBackprop(Selector):

@@ -82,6 +82,10 @@ class SIFTOptions(Options):
         if not self.head_lr > 0:
             raise ValueError(f"invalid head_lr={self.head_lr!r}: must be > 0")
 
+    def backprop_fraction(self, context: RunContext) -> float:
+        """ρ: the share of each batch backpropagated (warm-up batches aside)."""
+        return self.ratio
+
     def check(self, context: RunContext) -> None:
         x, y = context.sample
         check_exit(
@@ -98,6 +102,9 @@ class RandomKeepOptions(Options):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_ratio(self.ratio)
+
+    def backprop_fraction(self, context: RunContext) -> float:
+        return self.ratio
 
 
 class SIFT(Selector):

@@ -17,8 +17,11 @@ class RunSummary:
     final_test_loss: float | None  # mean cross-entropy
     final_test_entropy: float | None  # mean normalized prediction entropy (0..1)
     train_time_s: float  # wall time of the training loops, evaluation excluded
+    train_cpu_s: float  # process CPU time of the same span
     eval_time_s: float
-    time_breakdown_s: dict[str, float]  # seconds per training phase
+    time_breakdown_s: dict[str, float]  # wall seconds per training phase
+    cpu_breakdown_s: dict[str, float]  # process CPU seconds per training phase
+    device_breakdown_s: dict[str, float]  # CUDA-event seconds per device phase (GPU only)
     samples_forwarded: int  # samples in forward passes with gradients
     samples_forwarded_partially: int  # scoring passes that stopped at an early exit
     samples_forwarded_fully: int  # whole forward passes, with or without gradients

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sievetrain.data import make_loader
-from sievetrain.losses import batch_loss
+from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.rng import derive_seed
 from sievetrain.sampling import CoverageTracker, EpochSampler, SoftRandomSampler
 from sievetrain.selection.base import KeepAll, Selector
@@ -123,8 +123,11 @@ class Trainer:
         """One pass over the sampler's indices for ``epoch``; returns the mean loss
         (None when the epoch trained on nothing, e.g. a coreset's skipped warm-start
         epoch)."""
+        with self.acct.training():
+            return self._train_epoch(epoch)
+
+    def _train_epoch(self, epoch: int) -> float | None:
         acct, cfg = self.acct, self.config
-        start = time.perf_counter()
         with acct.phase("sampling"):  # len() draws (and caches) the epoch's indices
             self.sampler.set_epoch(epoch)
             n_batches = len(self.train_loader)
@@ -146,7 +149,6 @@ class Trainer:
                     self.coverage.update(idx)
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
-        acct.train_time_s += time.perf_counter() - start
         return loss_sum.item() / seen if seen else None  # None: an epoch with no training
 
     def _selected_batches(
@@ -190,10 +192,10 @@ class Trainer:
         if self.config.schedule_unit == "step":
             self._set_lr(acct.optimizer_steps / max(self._total_steps, 1))
         with acct.phase("forward"):
-            weight = self.sampler.sample_weights(idx)  # a coreset's loss weights, or None
+            weight = self.sampler.sample_weights(idx)  # the sampler's loss weights, or None
             if weight is not None:
                 weight = weight.to(self.device, non_blocking=True)
-            loss = batch_loss(self.model(x), y, weight)
+            loss = self._loss(self.model(x), y, idx, weight)
         with acct.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -203,6 +205,18 @@ class Trainer:
         acct.samples_backpropagated += len(y)
         acct.optimizer_steps += 1
         return loss
+
+    def _loss(
+        self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The batch's loss. A sampler that ``observes_losses`` (InfoBatch) gets each
+        sample's loss from this forward pass, and its weights rescale the per-sample
+        mean (``mean(w * l)``: divided by the batch size, not by the weights' sum)."""
+        if not getattr(self.sampler, "observes_losses", False):
+            return batch_loss(logits, y, weight)  # a coreset's weights: a weighted mean
+        losses = sample_losses(logits, y)
+        self.sampler.observe_losses(idx, losses.detach())
+        return (losses if weight is None else losses * weight.to(losses.dtype)).mean()
 
     def evaluate(self) -> dict[str, float | None]:
         """Test accuracy, loss and prediction entropy (see
@@ -230,8 +244,11 @@ class Trainer:
             final_test_loss=last.get("test_loss"),
             final_test_entropy=last.get("test_entropy"),
             train_time_s=acct.train_time_s,
+            train_cpu_s=acct.train_cpu_s,
             eval_time_s=acct.eval_time_s,
             time_breakdown_s=dict(acct.time_s),
+            cpu_breakdown_s=dict(acct.cpu_s),
+            device_breakdown_s=dict(acct.device_s),
             samples_forwarded=acct.samples_forwarded,
             samples_forwarded_partially=selected.get("samples_forwarded_partially", 0),
             samples_forwarded_fully=acct.samples_forwarded
