@@ -31,7 +31,7 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(BIN)/sievetrain bench
+	$(BIN)/sievetrain bench --matched
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)

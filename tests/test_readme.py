@@ -55,7 +55,23 @@ def check_gradmatch(namespace, out):
     assert [s["epoch"] for s in namespace["sampler"].selections] == [2, 3]
 
 
-CHECKS = [check_sampler_loop, check_trainer, check_stochgradadam, check_sift, check_gradmatch]
+def check_infobatch(namespace, out):
+    sampler, n = namespace["sampler"], len(namespace["data"].train)
+    pruned = sampler.stats()["pruned_per_epoch"]
+    assert pruned[0] == 0 and out.strip().endswith("0")  # equal scores prune nothing
+    assert 0 < pruned[1] < n and 0 < pruned[2] < n  # the losses fed back made the difference
+    # The scores are the losses of the samples' latest training pass, not the initial 1s.
+    assert not bool((sampler.scores == 1).any())
+
+
+CHECKS = [
+    check_sampler_loop,
+    check_trainer,
+    check_stochgradadam,
+    check_sift,
+    check_gradmatch,
+    check_infobatch,
+]
 
 
 def test_every_python_block_runs_in_order_and_does_what_it_says(capsys):

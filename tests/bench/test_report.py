@@ -158,6 +158,17 @@ def test_paired_changes_mean_and_sample_std_by_hand():
     assert row["verdict"] == "ahead of full data at equal compute"
 
 
+def test_same_epochs_change_is_against_full_data_with_the_methods_optimizer():
+    adam = {**MATCHED, "baseline": "full/budget=0.3+adam"}
+    records = [record("full", s, 0.70) for s in range(2)]  # SGD: not this method's reference
+    records += [record("full+adam", s, 0.76) for s in range(2)]
+    records += [record("srs:0.3+adam", s, 0.74, matched=adam) for s in range(2)]
+    records += [record("full/budget=0.3+adam", s, 0.73) for s in range(2)]
+    (row,) = matched_rows(records)
+    assert row["delta_vs_full"] == pytest.approx(-2.0)  # 74 - 76, not 74 - 70
+    assert row["delta_mean"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     "method_acc, verdict, exceeds",
     [

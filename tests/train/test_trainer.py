@@ -69,6 +69,54 @@ def test_accounting_counts_every_sample_and_step(mnist1d):
     assert summary.eval_time_s > 0
     assert [h["epoch"] for h in summary.history] == [1, 2, 3]
     assert summary.history[-1]["train_time_s"] == summary.train_time_s
+    # CPU time of the same spans: every phase that did work spent some, none more
+    # than the threads could over its wall time (a busy machine inflates only wall time)
+    cpu = summary.cpu_breakdown_s
+    assert set(cpu) == set(PHASES) and all(cpu[p] > 0 for p in ("forward", "backward"))
+    assert 0 < sum(cpu.values()) <= summary.train_cpu_s
+    threads = torch.get_num_threads()
+    assert summary.train_cpu_s <= threads * summary.train_time_s + 0.05
+    assert summary.device_breakdown_s == {}  # CUDA-event time is taken on a GPU only
+
+
+@pytest.mark.gpu
+def test_device_phases_are_timed_with_cuda_events_on_a_gpu(mnist1d):
+    config = TrainConfig(epochs=1, batch_size=64, device="cuda")
+    summary = make_trainer(mnist1d, config=config).fit()
+    assert set(summary.device_breakdown_s) == {"selection", "forward", "backward", "step"}
+    assert all(summary.device_breakdown_s[p] > 0 for p in ("forward", "backward", "step"))
+
+
+def test_infobatch_learns_its_scores_from_the_training_pass_and_rescales_the_mean(mnist1d):
+    """With lr 0 a linear model stays put, so every loss is known: the scores after
+    epoch 1 are each sample's loss, and epoch 2's training loss is sum(w * l) / kept,
+    the batch means of w * l (divided by the batch size, not by the weights' sum)."""
+    from sievetrain.losses import sample_losses
+    from sievetrain.sampling import InfoBatchSampler
+
+    n = len(mnist1d.train)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+    sampler = InfoBatchSampler(n, 0.5, epochs=4, seed=0)
+    trainer = Trainer(
+        model,
+        build_optimizer("sgd", model.parameters(), lr=0.0),
+        mnist1d.train,
+        mnist1d.test,
+        config=TrainConfig(epochs=4, batch_size=64),
+        sampler=sampler,
+    )
+    trainer.fit(until=1)
+    x, y = mnist1d.train.tensors
+    with torch.no_grad():
+        losses = sample_losses(model(x), y)
+    assert torch.allclose(sampler.scores, losses, atol=1e-5)
+    trainer.fit(until=2)
+    kept = sampler.epoch_indices()
+    weights = sampler.sample_weights(kept)
+    assert weights is not None and len(kept) < n  # epoch 2 pruned and rescaled
+    expected = (weights * losses[kept]).sum() / len(kept)
+    assert trainer.history[-1]["train_loss"] == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_full_data_covers_everything_in_one_epoch(mnist1d):

@@ -142,11 +142,11 @@ def matched_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     Only seeds both ran are paired. ``deltas`` are per-seed changes in test
     accuracy (points, method − baseline); ``exceeds_spread`` is whether
     |mean| > sample std (None below two paired seeds); ``delta_vs_full`` is the
-    method's mean accuracy minus ``full``'s over the same epochs (points; None
-    without ``full`` runs).
+    method's mean accuracy minus that of full data over the same epochs with the
+    same optimizer (``full``, or ``full+adam`` for ``full/budget=F+adam``; points;
+    None without such runs).
     """
     labels = list(dict.fromkeys(r["method"] for r in records))
-    full = [r["final_test_accuracy"] for r in records if r["method"] == "full"]
     rows = []
     for label in labels:
         runs = [r for r in records if r["method"] == label]
@@ -165,6 +165,7 @@ def matched_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         std = statistics.stdev(deltas) if len(deltas) > 1 else None
         exceeds = None if std is None else abs(mean) > std
         accuracy = statistics.fmean(r["final_test_accuracy"] for r in runs)
+        full = _full_data(records, matched.get("baseline"))
         rows.append(
             {
                 "method": label,
@@ -212,6 +213,13 @@ def matched_section(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     return f"## At equal compute\n\n{MATCHED_NOTE}\n\n{matched_table(rows)}\n## Every method\n\n"
+
+
+def _full_data(records: Sequence[dict[str, Any]], baseline: str | None) -> list[float]:
+    """Final accuracies of full data over all epochs with the optimizer of the
+    method's baseline (``full/budget=0.3+adam`` -> ``full+adam``)."""
+    label = "+".join(["full", *(baseline or "full").split("+")[1:]])
+    return [r["final_test_accuracy"] for r in records if r["method"] == label]
 
 
 def _verdict(paired: int, mean: float | None, exceeds: bool | None) -> str:
