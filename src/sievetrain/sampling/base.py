@@ -11,7 +11,9 @@ sampler that needs no model does nothing), then iterates, weighting the loss by
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from sievetrain.options import as_int
 
-__all__ = ["EpochSampler", "as_int", "check_same_config"]
+__all__ = ["EpochSampler", "PlanSampler", "as_int", "check_same_config"]
 
 
 def check_same_config(mine: dict, saved: dict) -> None:
@@ -111,3 +113,46 @@ class EpochSampler(Sampler[int]):
         if position > len(self):
             raise ValueError(f"position {position} is past the epoch's end ({len(self)} indices)")
         self._start, self._resume, self._iterator = position, True, None
+
+
+class PlanSampler(EpochSampler):
+    """An :class:`EpochSampler` whose indices are a pure function of a frozen plan
+    (its options and the run they sample for) and the epoch.
+
+    Subclasses set ``options_class`` (the method's :class:`~sievetrain.options.Options`)
+    and ``plan_indices(plan, epoch)``. The plan's fields read as attributes
+    (``sampler.ratio``), and the plan is the ``config`` a state must match to load.
+    """
+
+    options_class: ClassVar[type]
+    plan_indices: ClassVar[Callable[[Any, int], torch.Tensor]]
+
+    def __init__(self, plan: Any) -> None:
+        super().__init__()
+        self._plan = plan
+
+    def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
+        if "_plan" in self.__dict__ and name in self._plan.names():
+            return getattr(self._plan, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def options(self) -> Any:
+        """The method's options, as this sampler runs them."""
+        return self.options_class.of(self._plan)
+
+    def _compute_indices(self, epoch: int) -> torch.Tensor:
+        return type(self).plan_indices(self._plan, epoch)
+
+    def state_dict(self) -> dict:
+        """Config, epoch and position (indices already yielded this epoch)."""
+        return {"config": asdict(self._plan), "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore epoch and position; the next ``__iter__`` (once) resumes at ``position``.
+
+        Raises:
+            ValueError: the saved config differs from this sampler's, or the position is invalid.
+        """
+        check_same_config(asdict(self._plan), state["config"])
+        self.load_position(state["epoch"], state["position"])

@@ -14,12 +14,12 @@ of the ``rs2`` method.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from sievetrain.options import Options, RunContext, option
-from sievetrain.sampling.base import EpochSampler, as_int, check_same_config
+from sievetrain.sampling.base import PlanSampler, as_int
 from sievetrain.sampling.srs import soft_random_indices, subset_size
 
 __all__ = ["FullOptions", "RS2Options", "RS2Sampler", "rs2_indices"]
@@ -161,7 +161,7 @@ def rs2_indices(
     return _epoch_indices(plan, epoch)
 
 
-class RS2Sampler(EpochSampler):
+class RS2Sampler(PlanSampler):
     """A ``torch.utils.data.Sampler`` yielding :func:`rs2_indices` for the current epoch.
 
     Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``; the sampler
@@ -170,6 +170,9 @@ class RS2Sampler(EpochSampler):
     is readable as an attribute (``sampler.ratio``, ``sampler.n``, ...), and ``sampler.options``
     is the :class:`RS2Options`.
     """
+
+    options_class = RS2Options
+    plan_indices = staticmethod(_epoch_indices)
 
     def __init__(
         self,
@@ -180,35 +183,11 @@ class RS2Sampler(EpochSampler):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        super().__init__()
-        self._plan = _RS2Plan(n=n, ratio=ratio, seed=seed, num_replicas=num_replicas, rank=rank)
-
-    def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
-        if "_plan" in self.__dict__ and name in self._plan.names():
-            return getattr(self._plan, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    @property
-    def options(self) -> RS2Options:
-        return RS2Options.of(self._plan)
+        super().__init__(
+            _RS2Plan(n=n, ratio=ratio, seed=seed, num_replicas=num_replicas, rank=rank)
+        )
 
     @property
     def subset_size(self) -> int:
         """Global samples per epoch, a multiple of num_replicas."""
         return self._plan.per_epoch
-
-    def _compute_indices(self, epoch: int) -> torch.Tensor:
-        return _epoch_indices(self._plan, epoch)
-
-    def state_dict(self) -> dict:
-        """Config, epoch and position (indices already yielded this epoch)."""
-        return {"config": asdict(self._plan), "epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore epoch and position; the next ``__iter__`` (once) resumes at ``position``.
-
-        Raises:
-            ValueError: the saved config differs from this sampler's, or the position is invalid.
-        """
-        check_same_config(asdict(self._plan), state["config"])
-        self.load_position(state["epoch"], state["position"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -11,7 +11,7 @@ import torch
 
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import EpochSampler, as_int, check_same_config
+from sievetrain.sampling.base import PlanSampler, as_int
 
 __all__ = [
     "SRSOptions",
@@ -197,7 +197,7 @@ def soft_random_indices(
     return _epoch_indices(_Plan(n=n, ratio=ratio, seed=seed, **options), epoch)
 
 
-class SoftRandomSampler(EpochSampler):
+class SoftRandomSampler(PlanSampler):
     """A ``torch.utils.data.Sampler`` yielding ``soft_random_indices`` for the current epoch.
 
     Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. The sampler
@@ -211,6 +211,9 @@ class SoftRandomSampler(EpochSampler):
     checkpoints mid-epoch should overwrite ``state["position"]`` with the samples it consumed.
     """
 
+    options_class = SRSOptions
+    plan_indices = staticmethod(_epoch_indices)
+
     def __init__(
         self,
         n: int,
@@ -219,35 +222,9 @@ class SoftRandomSampler(EpochSampler):
         seed: int = 0,
         **options: Any,
     ) -> None:
-        super().__init__()
-        self._plan = _Plan(n=n, ratio=ratio, seed=seed, **options)
-
-    def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
-        if "_plan" in self.__dict__ and name in self._plan.names():
-            return getattr(self._plan, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    @property
-    def options(self) -> SRSOptions:
-        return SRSOptions.of(self._plan)
+        super().__init__(_Plan(n=n, ratio=ratio, seed=seed, **options))
 
     @property
     def subset_size(self) -> int:
         """Units drawn per round: batches (batch mode) or samples, a multiple of num_replicas."""
         return self._plan.units_per_round
-
-    def _compute_indices(self, epoch: int) -> torch.Tensor:
-        return _epoch_indices(self._plan, epoch)
-
-    def state_dict(self) -> dict:
-        """Config, epoch and position (indices already yielded this epoch)."""
-        return {"config": asdict(self._plan), "epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore epoch and position; the next ``__iter__`` (once) resumes at ``position``.
-
-        Raises:
-            ValueError: the saved config differs from this sampler's, or the position is invalid.
-        """
-        check_same_config(asdict(self._plan), state["config"])
-        self.load_position(state["epoch"], state["position"])
