@@ -246,6 +246,7 @@ def run_bench(
     ``on_epoch(run, seed, entry)`` after each epoch, ``on_run(record)`` as it ends.
     """
     finished = check_output(out, bench, resume=resume)
+    environment()  # pins the source revision the records name to the code loaded now
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MANIFEST).exists():
         atomic_write_text(out / MANIFEST, json.dumps(describe_bench(bench), indent=2) + "\n")

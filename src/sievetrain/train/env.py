@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -34,7 +35,10 @@ def _version() -> str:
     return __version__
 
 
+@functools.cache
 def _git_sha() -> str | None:
+    """The source revision at this process's first call: a bench calls it before its
+    first run, so that edits to the tree while it runs do not relabel its records."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
