@@ -188,6 +188,7 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--methods", "infobatch/delta=1.2"], "1.2"),
         (["--methods", "rs2:0"], "'rs2:0': ratio"),
         (["--methods", "rs2:1.5", "--matched"], "1.5"),
+        (["--methods", "infobatch", "--set", "schedule_unit=step"], "'infobatch' prunes by"),
         (["--train-size", "100000000"], "would take about"),
         (["--data-dir", "/nonexistent"], "--data-dir '/nonexistent' is for Fashion-MNIST"),
     ],

@@ -145,19 +145,20 @@ def test_prepare_builds_no_training_component(mnist1d, monkeypatch):
     """Validation checks options against the run without building a sampler,
     selector or optimizer; only an early exit needs a model, built once."""
     import sievetrain.bench.methods as methods
-    import sievetrain.bench.runner as runner
+    import sievetrain.bench.spec as spec
 
     def forbidden(*args, **kwargs):
         raise AssertionError("prepare built a training component")
 
-    for name in ("SoftRandomSampler", "GradMatchSampler", "SIFT", "RandomKeep", "build_optimizer"):
+    samplers = ("SoftRandomSampler", "RS2Sampler", "InfoBatchSampler", "GradMatchSampler")
+    for name in (*samplers, "SIFT", "RandomKeep", "build_optimizer"):
         monkeypatch.setattr(methods, name, forbidden)
     built = []
-    real_build_model = runner.build_model
+    real_build_model = spec.build_model
     monkeypatch.setattr(
-        runner, "build_model", lambda *a, **k: built.append(1) or real_build_model(*a, **k)
+        spec, "build_model", lambda *a, **k: built.append(1) or real_build_model(*a, **k)
     )
-    prepare(mnist1d, ["full", "srs:0.3", "gradmatch:0.3", "stochgradadam"], [0])
+    prepare(mnist1d, ["full", "srs:0.3", "rs2", "infobatch", "gradmatch:0.3", "stochgradadam"], [0])
     assert built == []
     prepare(mnist1d, ["sift:0.5", "sift-entropy:0.5+adam", "random-keep"], [0])
     assert built == [1]

@@ -253,3 +253,18 @@ def test_evaluate_reports_mean_normalized_entropy(mnist1d):
     assert 0 < metrics["test_entropy"] < 1
     assert trainer.history[-1]["test_entropy"] == pytest.approx(metrics["test_entropy"])
     assert trainer.summary().final_test_entropy == trainer.history[-1]["test_entropy"]
+
+
+def test_a_step_indexed_schedule_refuses_a_sampler_whose_epochs_depend_on_losses(mnist1d):
+    from sievetrain.sampling import InfoBatchSampler
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+    with pytest.raises(ValueError, match="schedule_unit='step'.*InfoBatchSampler"):
+        Trainer(
+            model,
+            build_optimizer("sgd", model.parameters()),
+            mnist1d.train,
+            mnist1d.test,
+            config=TrainConfig(epochs=2, schedule_unit="step"),
+            sampler=InfoBatchSampler(len(mnist1d.train), epochs=2),
+        )

@@ -11,7 +11,8 @@ from sievetrain.bench.registry import (
     register,
 )
 from sievetrain.bench.report import markdown_table, plot_accuracy_vs_time, summarize, write_report
-from sievetrain.bench.runner import Bench, prepare, run_bench, run_one
+from sievetrain.bench.runner import run_bench, run_one
+from sievetrain.bench.spec import Bench, prepare
 
 __all__ = [
     "LEVELS",

@@ -24,7 +24,7 @@ from sievetrain.bench.registry import REGISTRY, Component, RunSpec
 from sievetrain.options import RunContext
 
 if TYPE_CHECKING:
-    from sievetrain.bench.runner import Bench
+    from sievetrain.bench.spec import Bench
 
 __all__ = [
     "Match",

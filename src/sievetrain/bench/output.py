@@ -22,7 +22,7 @@ from sievetrain.files import read_jsonl
 from sievetrain.options import ArgumentError
 
 if TYPE_CHECKING:
-    from sievetrain.bench.runner import Bench
+    from sievetrain.bench.spec import Bench
 
 __all__ = [
     "CHECKPOINTS",

@@ -14,16 +14,14 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
-from sievetrain.bench.matched import Match, add_matched, compare_seed, resolve_measured
+from sievetrain.bench.matched import compare_seed, resolve_measured
 from sievetrain.bench.output import (
     CHECKPOINTS,
     MANIFEST,
@@ -33,8 +31,8 @@ from sievetrain.bench.output import (
     describe_bench,
     run_key,
 )
-from sievetrain.bench.registry import RunSpec, parse_run
-from sievetrain.data import DataSplit
+from sievetrain.bench.registry import RunSpec
+from sievetrain.bench.spec import Bench, prepare, run_context
 from sievetrain.files import (
     CheckpointError,
     append_jsonl,
@@ -43,99 +41,11 @@ from sievetrain.files import (
     load_torch,
     remove_temporaries,
 )
-from sievetrain.models import DEFAULT_MODEL, build_model, check_model
-from sievetrain.options import ArgumentError, RunContext, naming
+from sievetrain.models import build_model
 from sievetrain.rng import derive_seed
-from sievetrain.train import TrainConfig, Trainer, environment
+from sievetrain.train import Trainer, environment
 
 __all__ = ["Bench", "build_trainer", "prepare", "run_bench", "run_one"]
-
-
-@dataclass(frozen=True)
-class Bench:
-    """A resolved benchmark: data, model, training config, runs and seeds, and each
-    method's budget-matched baseline (``matches``, by run label; see
-    :mod:`sievetrain.bench.matched`)."""
-
-    data: DataSplit
-    model: str
-    config: TrainConfig
-    runs: tuple[RunSpec, ...]
-    seeds: tuple[int, ...]
-    matches: Mapping[str, Match] = field(default_factory=dict)
-
-
-def prepare(
-    data: DataSplit,
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    model: str | None = None,
-    config: TrainConfig = TrainConfig(),
-    sets: Mapping[str, Any] | None = None,
-    optimizer: str | None = None,
-    matched: bool = False,
-) -> Bench:
-    """Resolve and validate everything before any training starts, so that bad
-    input fails in a second, not after an hour of runs.
-
-    Validation builds no training component: options are checked by their
-    dataclasses, against the run by ``Options.check`` (dataset and batch size);
-    the one check that needs a model (an early exit that fits) gets one model,
-    built once.
-
-    ``sets`` map ``KEY`` (or ``NAME/KEY``) to a value, written as text or typed: training-config
-    fields, or options of the methods, applied to every run whose methods have them.
-    ``optimizer`` is the optimizer-level method of runs that name none (default sgd).
-    ``matched`` adds each method's budget-matched full-data baseline
-    (:func:`~sievetrain.bench.matched.add_matched`), one per distinct fraction.
-    """
-    if not seeds:
-        raise ArgumentError("no seeds given: pass at least one seed in {seeds}", seeds="seeds=")
-    if not methods:
-        raise ArgumentError("no methods given: pass at least one in {methods}", methods="methods=")
-    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if repeated:
-        raise ArgumentError(
-            f"{{seeds}} lists seed {', '.join(map(str, repeated))} more than once: "
-            "each seed is one run per method",
-            seeds="seeds",
-        )
-    if len(data.train) == 0:
-        raise ValueError(f"dataset {data.name!r} has no training samples")
-    sets = dict(sets or {})
-    fields = {info.name: info for info in TrainConfig.describe()}
-    config = config.replace(**{k: TrainConfig.parse(k, v) for k, v in sets.items() if k in fields})
-    method_sets = {k: v for k, v in sets.items() if k not in fields}
-    defaults = {"optimizer": optimizer} if optimizer is not None else None
-    runs = tuple(parse_run(m, method_sets, defaults) for m in methods)
-    for key in method_sets:
-        if not any(c.settable(key) for run in runs for c in run.components()):
-            known = sorted(
-                {*fields, *(o for run in runs for c in run.components() for o in c.method.exposed)}
-            )
-            raise ArgumentError(
-                f"{{sets}} {key}: no run has an option {key!r}; known: {', '.join(known)}",
-                sets="sets:",
-            )
-    if len({r.label for r in runs}) != len(runs):
-        raise ValueError(f"a method is listed twice in {list(methods)}")
-    model = model or DEFAULT_MODEL[data.name]
-    check_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
-    context = _context(data, config)
-    matches: dict[str, Match] = {}
-    if matched:
-        runs, matches = add_matched(runs, context)
-    if any(c.options.needs_model for run in runs for c in run.components()):
-        with torch.random.fork_rng(devices=[]):
-            net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
-        # Two samples: batch norm in training mode needs more than one.
-        context = _context(data, config, model=net, sample=data.train[:2])
-    for run in runs:
-        with naming(run.label):
-            for component in run.components():
-                component.options.check(context)
-    return Bench(data, model, config, runs, tuple(int(s) for s in seeds), matches)
 
 
 def build_trainer(
@@ -148,7 +58,7 @@ def build_trainer(
         torch.manual_seed(derive_seed(seed, "init"))
         model = build_model(bench.model, num_classes=data.num_classes, input_shape=data.input_shape)
     model = model.to(config.device)
-    context = _context(data, config, seed=seed, model=model)
+    context = run_context(data, config, seed=seed, model=model)
     return Trainer(
         model,
         run.optimizer.build(context),
@@ -297,17 +207,6 @@ def _quarantine(checkpoint: Path, reason: str) -> None:
     damaged = checkpoint.with_name(checkpoint.name + ".damaged")
     os.replace(checkpoint, damaged)
     warnings.warn(f"{reason}; moved to {str(damaged)!r}, the run starts afresh", stacklevel=3)
-
-
-def _context(data: DataSplit, config: TrainConfig, **run: Any) -> RunContext:
-    """What the methods of a run on ``data`` with ``config`` need to be checked or built."""
-    return RunContext(
-        n=len(data.train),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        num_classes=data.num_classes,
-        **run,
-    )
 
 
 def _slug(label: str) -> str:

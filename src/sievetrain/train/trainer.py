@@ -86,6 +86,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # the next epoch to run
         self._base_lrs = [group["lr"] for group in optimizer.param_groups]
+        if config.schedule_unit == "step" and getattr(self.sampler, "observes_losses", False):
+            raise ValueError(
+                f"schedule_unit='step' needs every epoch's length up front, and "
+                f"{type(self.sampler).__name__}'s depend on the losses: use schedule_unit='epoch'"
+            )
         self._total_steps = self._count_steps() if config.schedule_unit == "step" else 0
 
     # -- the loop ---------------------------------------------------------------
