@@ -28,6 +28,8 @@ __all__ = [
     "matched_section",
     "MATCHED_COLUMNS",
     "MATCHED_NOTE",
+    "method_labels",
+    "sample_std",
 ]
 
 SPREAD_LIMIT = 0.2  # wall-time sample std over seeds, as a fraction of the mean
@@ -99,7 +101,7 @@ def timing_summary(
     disturbed = timing_disturbed(runs)
     return {
         "cpu_time_mean": None if cpu is None else statistics.fmean(cpu),
-        "cpu_time_std": None if cpu is None else _std(cpu),
+        "cpu_time_std": None if cpu is None else sample_std(cpu),
         "cpu_speedup": (
             None
             if cpu is None or base_cpu is None
@@ -146,11 +148,11 @@ def matched_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     same optimizer (``full``, or ``full+adam`` for ``full/budget=F+adam``; points;
     None without such runs).
     """
-    labels = list(dict.fromkeys(r["method"] for r in records))
     rows = []
-    for label in labels:
+    for label in method_labels(records):
         runs = [r for r in records if r["method"] == label]
-        # A measured match is written unresolved (no baseline yet) on its first run.
+        # A record may carry a match without a baseline (none resolved when it was
+        # written): take one that names its baseline, if any seed's does.
         matches = [r["matched"] for r in runs if r.get("matched")]
         if not matches:
             continue
@@ -244,5 +246,11 @@ def _cpu_times(runs: Sequence[dict[str, Any]]) -> list[float] | None:
     return None if not times or None in times else times
 
 
-def _std(values: Sequence[float]) -> float:
+def method_labels(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The runs' method labels, each once, in the order they first appear."""
+    return list(dict.fromkeys(r["method"] for r in records))
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation over seeds; 0 for a single seed."""
     return statistics.stdev(values) if len(values) > 1 else 0.0

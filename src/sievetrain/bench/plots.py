@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sievetrain.bench.compare import method_labels, sample_std
 from sievetrain.files import atomic_write_bytes
 
 __all__ = ["plot_accuracy_vs_time", "plot_entropy_vs_epoch"]
@@ -48,13 +49,13 @@ def _plot_curves(records, path: Path, *, x, y, bounds, labels) -> None:
 
     lo, hi = bounds
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for label in _labels(records):
+    for label in method_labels(records):
         runs = [r for r in records if r["method"] == label]
         epochs = min(len(r["history"]) for r in runs)
         xs = [statistics.fmean(x(r["history"][e]) for r in runs) for e in range(epochs)]
         ys = [[y(r["history"][e]) for r in runs] for e in range(epochs)]
         mean = [statistics.fmean(v) for v in ys]
-        std = [_std(v) for v in ys]
+        std = [sample_std(v) for v in ys]
         (line,) = ax.plot(xs, mean, marker="o", markersize=3, label=label)
         ax.fill_between(
             xs,
@@ -73,11 +74,3 @@ def _plot_curves(records, path: Path, *, x, y, bounds, labels) -> None:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def _labels(records: Sequence[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(r["method"] for r in records))
-
-
-def _std(values: Sequence[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0

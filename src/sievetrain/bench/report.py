@@ -12,6 +12,8 @@ from sievetrain.bench.compare import (
     disturbed_notes,
     matched_rows,
     matched_section,
+    method_labels,
+    sample_std,
     timing_cells,
     timing_summary,
 )
@@ -58,7 +60,7 @@ SUBSET_COLUMNS = ("subset selections", "seconds per selection")
 
 def baseline_label(records: Sequence[dict[str, Any]]) -> str:
     """The run the others are compared with: ``full`` if present, else the first."""
-    labels = _labels(records)
+    labels = method_labels(records)
     return "full" if "full" in labels else labels[0]
 
 
@@ -77,7 +79,7 @@ def summarize(
     if target is None:
         target = base_acc - 0.01
     rows = []
-    for label in _labels(records):
+    for label in method_labels(records):
         runs = [r for r in records if r["method"] == label]
         acc = [100 * r["final_test_accuracy"] for r in runs]
         times = [r["train_time_s"] for r in runs]
@@ -88,9 +90,9 @@ def summarize(
                 "method": label,
                 "seeds": len(runs),
                 "accuracy_mean": statistics.fmean(acc),
-                "accuracy_std": _std(acc),
+                "accuracy_std": sample_std(acc),
                 "train_time_mean": statistics.fmean(times),
-                "train_time_std": _std(times),
+                "train_time_std": sample_std(times),
                 "speedup": base_time / statistics.fmean(times),
                 "accuracy_delta": statistics.fmean(acc) - 100 * base_acc,
                 "entropy": _mean_or_none(r.get("final_test_entropy") for r in runs),
@@ -158,14 +160,14 @@ def epoch_table(
 ) -> str:
     """Markdown table of ``history[key] * scale`` at each epoch (rows), mean ± std
     over seeds for each method (columns)."""
-    labels = _labels(records)
+    labels = method_labels(records)
     lines = ["| epoch | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     epochs = min(len(r["history"]) for r in records)
     for e in range(epochs):
         cells = []
         for label in labels:
             values = [scale * r["history"][e][key] for r in records if r["method"] == label]
-            cells.append(f"{statistics.fmean(values):.{digits}f} ± {_std(values):.{digits}f}")
+            cells.append(f"{statistics.fmean(values):.{digits}f} ± {sample_std(values):.{digits}f}")
         lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -240,10 +242,6 @@ def _seconds_per_selection(runs: Sequence[dict[str, Any]]) -> float | None:
     return statistics.fmean(seconds) if seconds else None
 
 
-def _labels(records: Sequence[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(r["method"] for r in records))
-
-
 def _mean_or_none(values) -> float | None:
     values = list(values)
     return None if any(v is None for v in values) else statistics.fmean(values)
@@ -251,7 +249,3 @@ def _mean_or_none(values) -> float | None:
 
 def _mean(values) -> float:
     return statistics.fmean(list(values))
-
-
-def _std(values: Sequence[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
