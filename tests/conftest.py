@@ -46,3 +46,11 @@ def fashion_mnist_dir(_private_cache):
             f"Fashion-MNIST not found locally: install the Debian package "
             f"dataset-fashion-mnist ({fashion_mnist.DEBIAN_FASHION_MNIST_DIR})"
         )
+
+
+@pytest.fixture
+def ranks():
+    """``run_ranks(fn, *args, world=2)``: ``fn(rank, world, *args)`` on gloo ranks."""
+    from ranks import run_ranks  # tests/ is on sys.path: this conftest's folder
+
+    return run_ranks

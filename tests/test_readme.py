@@ -2,7 +2,10 @@
 one namespace (a block continues the ones before it), and does what its prose says."""
 
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from sievetrain.optim import StochGradAdam
@@ -64,6 +67,11 @@ def check_infobatch(namespace, out):
     assert not bool((sampler.scores == 1).any())
 
 
+def check_ddp_loop(namespace, out):
+    # One process: the whole 30 % subset of the 4,000 training samples, every epoch.
+    assert "rank 0 of 1: 1200 samples an epoch, in sync: True" in out
+
+
 CHECKS = [
     check_sampler_loop,
     check_trainer,
@@ -71,6 +79,7 @@ CHECKS = [
     check_sift,
     check_gradmatch,
     check_infobatch,
+    check_ddp_loop,
 ]
 
 
@@ -82,3 +91,21 @@ def test_every_python_block_runs_in_order_and_does_what_it_says(capsys):
         # Blank lines first, so that a traceback names the README's own line.
         exec(compile("\n" * line + block, str(README), "exec"), namespace)
         check(namespace, capsys.readouterr().out)
+
+
+def test_the_data_parallel_loop_runs_under_torchrun(tmp_path):
+    """The README's last block, as a script under torchrun on 2 gloo ranks: each rank
+    trains half of each epoch's subset, and the replicas end bitwise equal."""
+    script = tmp_path / "ddp_loop.py"
+    script.write_text(python_blocks()[-1][1])
+    ran = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: 600 samples an epoch, in sync: True" in ran.stdout

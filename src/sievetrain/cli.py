@@ -5,6 +5,10 @@ is created or any training starts; results are written as runs finish, so an
 interrupted bench loses at most the epoch in progress (``--resume`` continues it),
 and Ctrl-C at any moment exits 130 with one line saying what was saved.
 
+Under ``torchrun --nproc_per_node=W`` every rank runs the same command: the ranks join
+one process group, train each run together, and rank 0 alone writes and prints; bad
+input on any rank stops every rank with exit code 2.
+
 This module imports only the standard library at the top: the heavy imports (torch)
 happen inside :func:`main`, where an interrupt is caught like any other.
 """
@@ -47,6 +51,7 @@ FLAGS = {
     "resume": "--resume",
     "data_dir": "--data-dir",
     "out": "--out",
+    "batch_size": "--batch-size",
 }
 
 
@@ -63,10 +68,29 @@ def main(argv: list[str] | None = None) -> int:
             import sievetrain.data  # noqa: F401
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return _main(argv, state)
+            code = _main(argv, state)
+        _leave_process_group()
+        return code
     except KeyboardInterrupt:
-        print(f"sievetrain: interrupted; {state.saved()}", file=sys.stderr)
+        if _main_rank():
+            print(f"sievetrain: interrupted; {state.saved()}", file=sys.stderr)
         return 130
+
+
+def _main_rank() -> bool:
+    """Rank 0 of a torchrun job (or the only process): the one that prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _leave_process_group() -> None:
+    """After a torchrun job's ranks have all finished (rank 0 writes last), leave the group
+    together: a rank leaving while another still works would abort."""
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 @contextmanager
@@ -98,14 +122,24 @@ def _main(argv: list[str], state: Saved) -> int:
         return 0
     from sievetrain.bench import RESULTS, run_bench, write_report
     from sievetrain.bench.matched import planned_runs
+    from sievetrain.distributed import broadcast_object, gather_objects, is_main
     from sievetrain.options import ArgumentError
 
+    problem = None
     try:
+        args.device = _launch(args.device)  # under torchrun: joins the process group
         bench, out, done = _setup(args)
     except ArgumentError as error:
-        return _error(error.render(FLAGS))
+        problem = error.render(FLAGS)
     except (ValueError, OSError) as error:
-        return _error(str(error))
+        problem = str(error)
+    problems = [p for p in gather_objects(problem) if p is not None]  # every rank stops
+    if problems:
+        return _error(problems[0])
+    out = broadcast_object(out)  # rank 0's: a dated default folder could differ by a second
+    if not is_main():  # trains its share; rank 0 writes and prints
+        run_bench(bench, out, resume=args.resume)
+        return 0
     total = planned_runs(bench)
     log = BenchLog(state, args, total, len(done))
     if done:
@@ -135,20 +169,34 @@ def _main(argv: list[str], state: Saved) -> int:
 
 
 def _error(message: str) -> int:
-    print(f"sievetrain: error: {message}", file=sys.stderr)
+    if _main_rank():
+        print(f"sievetrain: error: {message}", file=sys.stderr)
     return 2
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"sievetrain: warning: {message}", file=sys.stderr)
+    if _main_rank():
+        print(f"sievetrain: warning: {message}", file=sys.stderr)
+
+
+def _launch(device: str) -> str:
+    """The device this process trains on; under torchrun, after joining the process
+    group (``auto``: CUDA where available, each rank on its ``LOCAL_RANK``'s GPU)."""
+    import torch
+
+    from sievetrain.distributed import init_from_environment
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return init_from_environment(device)
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
-    """Everything checked, nothing written: the bench, its folder and its finished runs."""
-    import torch
-
+    """Everything checked, nothing written: the bench, its folder and its finished runs
+    (rank 0 reads the folder; the other ranks get no finished runs)."""
     from sievetrain.bench import check_output, prepare
     from sievetrain.data import DATASETS, load_dataset
+    from sievetrain.distributed import is_main
     from sievetrain.train import TrainConfig
 
     if args.dataset not in DATASETS:
@@ -160,14 +208,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
         if getattr(args, flag) is not None:
             sets[flag] = getattr(args, flag)  # text: the registry parses it, once
     out = _output_folder(args)
-    device = (
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
     config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.dataset],
         batch_size=args.batch_size,
         target_accuracy=args.target_accuracy,
-        device=device,
+        device=args.device,
     )
     data = load_dataset(
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
@@ -182,7 +227,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
         optimizer=args.optimizer,
         matched=getattr(args, "matched", False),
     )
-    return bench, out, check_output(out, bench, resume=args.resume)
+    done = check_output(out, bench, resume=args.resume) if is_main() else []
+    return bench, out, done
 
 
 def _output_folder(args: argparse.Namespace) -> Path:

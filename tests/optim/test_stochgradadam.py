@@ -308,6 +308,21 @@ def _without(state, *keys, group_keys=()):
             lambda params: {**_stepped()[1].state_dict(), "generators": {"cpu": torch.zeros(3)}},
             "invalid generator state for device 'cpu'",
         ),
+        (
+            lambda params: {**_stepped()[1].state_dict(), "generators": [torch.zeros(3)]},
+            "generators must be a dict",
+        ),
+        (
+            lambda params: {**_stepped()[1].state_dict(), "generators": {"gpu": torch.zeros(3)}},
+            "invalid generator device 'gpu'",
+        ),
+        (
+            lambda params: {
+                **_stepped()[1].state_dict(),
+                "generators": {k: torch.zeros(16, dtype=torch.uint8) for k in ("cuda:0", "cuda:1")},
+            },
+            "generators 'cuda:0' and 'cuda:1' are both for device type 'cuda'",
+        ),
     ],
 )
 def test_load_state_dict_refuses_a_state_that_is_not_its_own_and_changes_nothing(
@@ -321,3 +336,83 @@ def test_load_state_dict_refuses_a_state_that_is_not_its_own_and_changes_nothing
     assert after["seed"] == 3 and after["param_groups"] == before["param_groups"]
     assert torch.equal(after["generators"]["cpu"], before["generators"]["cpu"])
     optimizer.step()  # still a working StochGradAdam
+
+
+def _masked_run(seed=None, steps=3):
+    params = _params((20, 20))
+    optimizer = StochGradAdam(params, sampling_rate=0.5, seed=seed)
+    for _ in range(steps):
+        params[0].grad = torch.ones_like(params[0])
+        optimizer.step()
+    return params[0].detach(), optimizer
+
+
+def test_seed_none_follows_torch_manual_seed():
+    def run(global_seed):
+        params = _params((20, 20))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(global_seed)
+            optimizer = StochGradAdam(params, sampling_rate=0.5)
+        for _ in range(3):
+            params[0].grad = torch.ones_like(params[0])
+            optimizer.step()
+        return optimizer.seed, params[0].detach()
+
+    (seed, first), (seed_again, again), (other_seed, other) = run(5), run(5), run(6)
+    assert seed == seed_again and torch.equal(first, again)
+    assert other_seed != seed and not torch.equal(first, other)
+
+
+def test_generators_are_keyed_by_device_type_and_old_cuda_keys_map_to_cuda():
+    """A state saved as "cuda:1" (before generators were keyed by device type) loads as
+    "cuda" and waits, reported by state_dict, until a CUDA parameter needs it; the CPU
+    stream meanwhile resumes exactly."""
+    straight, _ = _masked_run(seed=4, steps=6)
+    midway, optimizer = _masked_run(seed=4, steps=3)
+    saved = optimizer.state_dict()
+    assert list(saved["generators"]) == ["cpu"]
+    cuda_state = torch.arange(16, dtype=torch.uint8)  # a CUDA generator's (seed, offset)
+    saved["generators"] = {**saved["generators"], "cuda:1": cuda_state}
+    params = _params((20, 20))
+    resumed = StochGradAdam(params, sampling_rate=0.5, seed=0)
+    resumed.load_state_dict(saved)
+    params[0].data.copy_(midway)
+    assert sorted(resumed.state_dict()["generators"]) == ["cpu", "cuda"]
+    for _ in range(3):
+        params[0].grad = torch.ones_like(params[0])
+        resumed.step()
+    assert torch.equal(params[0].detach(), straight)
+    generators = resumed.state_dict()["generators"]
+    assert sorted(generators) == ["cpu", "cuda"] and torch.equal(generators["cuda"], cuda_state)
+
+
+@pytest.mark.gpu
+def test_a_checkpoint_loaded_onto_the_gpu_resumes_exactly():
+    """``torch.load(map_location="cuda")`` hands back CUDA byte tensors; they are moved
+    to the CPU for ``set_state``, an old "cuda:N" key maps to "cuda", and the GPU
+    stream resumes exactly."""
+
+    def run(steps, params=None, saved=None):
+        torch.manual_seed(0)
+        fresh = [torch.nn.Parameter(torch.randn(64, 32, device="cuda"))]
+        if params is not None:
+            fresh[0].data.copy_(params[0])
+        optimizer = StochGradAdam(fresh, sampling_rate=0.5, seed=2)
+        if saved is not None:
+            optimizer.load_state_dict(saved)
+        for _ in range(steps):
+            fresh[0].grad = torch.ones_like(fresh[0])
+            optimizer.step()
+        return fresh, optimizer
+
+    straight, _ = run(6)
+    midway, optimizer = run(3)
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    for key in ("cuda", "cuda:1"):
+        buffer.seek(0)
+        saved = torch.load(buffer, map_location="cuda", weights_only=True)
+        assert list(saved["generators"]) == ["cuda"] and saved["generators"]["cuda"].is_cuda
+        saved["generators"] = {key: saved["generators"]["cuda"]}
+        resumed, _ = run(3, midway, saved)
+        assert torch.equal(resumed[0], straight[0]), key

@@ -218,6 +218,40 @@ def test_selection_follows_the_interval_and_round_trips_through_state_dict(mnist
         GradMatchSampler(n, 0.2, batch_size=64, epochs=6, interval=3).load_state_dict(state)
 
 
+def test_a_state_saved_before_ranks_loads_as_a_single_process_one(mnist1d):
+    n = len(mnist1d.train)
+    make = lambda: GradMatchSampler(n, 0.2, batch_size=64, epochs=2, kappa=0.0)  # noqa: E731
+    sampler = make()
+    sampler.refresh(_model(), mnist1d.train)
+    state = sampler.state_dict()
+    assert (state["config"].pop("num_replicas"), state["config"].pop("rank")) == (1, 0)
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.epoch_indices(), sampler.epoch_indices())
+
+
+def test_ranks_share_one_selection_in_disjoint_lockstep_shares(mnist1d):
+    """Without a process group, on the ablation (no gradients to exchange): every
+    rank draws the same batches and yields ``rank::2`` of one process's epoch."""
+    n = len(mnist1d.train)  # 2000: 31 batches of 64, 8 chosen = 512 samples
+    make = lambda **ranks: GradMatchSampler(  # noqa: E731
+        n, 0.25, batch_size=64, epochs=4, kappa=0.5, match=False, **ranks
+    )
+    one, shares = make(), [make(num_replicas=2, rank=r) for r in (0, 1)]
+    for epoch, expected in enumerate([1000, 0, 256, 256]):  # full, skipped, subset, subset
+        for s in (one, *shares):
+            s.set_epoch(epoch)
+            s.refresh(None, mnist1d.train)
+        assert [len(s) for s in shares] == [expected] * 2
+        whole, (mine, theirs) = one.epoch_indices(), (s.epoch_indices() for s in shares)
+        if epoch >= 2:
+            assert torch.equal(mine, whole[0::2]) and torch.equal(theirs, whole[1::2])
+        assert not set(mine.tolist()) & set(theirs.tolist())
+    matching = GradMatchSampler(n, 0.25, batch_size=64, epochs=4, kappa=0.0, num_replicas=2)
+    with pytest.raises(RuntimeError, match="process group of 2 ranks"):
+        matching.refresh(_model(), mnist1d.train)
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
@@ -227,6 +261,8 @@ def test_selection_follows_the_interval_and_round_trips_through_state_dict(mnist
         (dict(kappa=1.0), "kappa must be in"),
         (dict(eps=float("nan")), "eps=nan"),
         (dict(interval=-1), "interval must be >= 0, got -1"),
+        (dict(n=10, batch_size=1, ratio=0.1, num_replicas=2), "1 samples < 2 ranks"),
+        (dict(num_replicas=2, rank=2), "rank must be"),
     ],
 )
 def test_bad_configuration_names_the_value(kwargs, fragment):

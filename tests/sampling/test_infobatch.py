@@ -276,6 +276,7 @@ def test_mid_epoch_state_round_trip_resumes_bitwise(seed, interrupt, cut):
         (dict(epochs=11), "epochs=11, this sampler has 10"),
         (dict(n=99), "n=99, this sampler has 100"),
         (dict(seed=1), "seed=1, this sampler has 0"),
+        (dict(num_replicas=2), "num_replicas=2, this sampler has 1"),
     ],
 )
 def test_loading_the_state_of_a_differently_configured_sampler_raises(other, message):
@@ -283,6 +284,40 @@ def test_loading_the_state_of_a_differently_configured_sampler_raises(other, mes
     sampler = InfoBatchSampler(**kwargs)
     with pytest.raises(ValueError, match=message):
         sampler.load_state_dict(InfoBatchSampler(**{**kwargs, **other}).state_dict())
+
+
+def test_a_state_saved_before_ranks_existed_still_loads():
+    sampler = InfoBatchSampler(60, 0.5, epochs=4, seed=2)
+    _train_epoch(sampler, 60, 0)
+    sampler.set_epoch(1)
+    iterator = iter(sampler)
+    [next(iterator) for _ in range(5)]
+    state = sampler.state_dict()
+    for key in ("num_replicas", "rank"):  # the config had neither
+        del state["config"][key]
+    resumed = InfoBatchSampler(60, 0.5, epochs=4, seed=2)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert list(resumed) == list(iterator)
+
+
+def test_ranks_share_one_global_plan_cut_to_a_multiple_of_the_ranks():
+    # Without a process group nothing is merged: here every rank is fed every loss.
+    n, ranks = 61, 3
+    samplers = [InfoBatchSampler(n, epochs=4, seed=5, num_replicas=ranks, rank=r) for r in range(3)]
+    whole = InfoBatchSampler(n, epochs=4, seed=5)
+    for s in [*samplers, whole]:
+        s.observe_losses(torch.arange(n), _fake_losses(n, 0, torch.arange(n)))
+        s.set_epoch(1)
+    order = whole.epoch_indices()
+    usable = order.numel() // ranks * ranks
+    assert usable < order.numel()  # this seed has a tail to drop
+    for r, s in enumerate(samplers):
+        assert torch.equal(s.epoch_indices(), order[r:usable:ranks])
+        assert torch.equal(s.sample_weights(torch.arange(n)), whole.sample_weights(torch.arange(n)))
+        assert s.stats() == whole.stats()
+    with pytest.raises(ValueError, match="2 samples < 3 ranks"):
+        InfoBatchSampler(2, epochs=4, num_replicas=3)
 
 
 # --- options and bad arguments -------------------------------------------------------------

@@ -2,8 +2,16 @@
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
-from sievetrain.sampling import EpochSampler, GradMatchSampler, SoftRandomSampler
+from sievetrain.sampling import (
+    EpochSampler,
+    GradMatchSampler,
+    InfoBatchSampler,
+    RS2Sampler,
+    SoftRandomSampler,
+    soft_random_indices,
+)
 from sievetrain.train import TrainConfig, Trainer
 
 
@@ -86,3 +94,34 @@ def test_every_sampler_refuses_a_bad_epoch(make, epoch, fragment):
     with pytest.raises(ValueError, match=fragment):
         sampler.set_epoch(epoch)
     assert sampler.epoch == 2
+
+
+def test_samplers_are_distributed_samplers_whose_attributes_tell_the_truth():
+    # Frameworks find a DistributedSampler and neither wrap nor re-shard it; they read these.
+    for sampler in (
+        SoftRandomSampler(100, 0.5, seed=2, num_replicas=4, rank=3),
+        RS2Sampler(100, 0.5, seed=2, num_replicas=4, rank=3),
+        InfoBatchSampler(100, epochs=3, seed=2, num_replicas=4, rank=3),
+    ):
+        sampler.set_epoch(1)
+        assert isinstance(sampler, DistributedSampler)
+        assert (sampler.num_replicas, sampler.rank, sampler.seed, sampler.epoch) == (4, 3, 2, 1)
+        assert sampler.shuffle and sampler.drop_last
+        assert sampler.num_samples == len(sampler) == len(list(sampler))
+        assert sampler.total_size == 4 * len(sampler)
+    assert (Plain().num_replicas, Plain().rank) == (1, 0)  # a sampler that does not shard
+    assert GradMatchSampler(100, 0.5, batch_size=10, epochs=4, seed=5).seed == 5
+
+
+def test_rank_0s_state_resumes_every_rank_and_num_replicas_must_match():
+    first, second = (SoftRandomSampler(100, 0.5, seed=1, num_replicas=2, rank=r) for r in (0, 1))
+    first.set_epoch(2)
+    iterator = iter(first)
+    [next(iterator) for _ in range(3)]
+    state = first.state_dict()
+    second.load_state_dict(state)  # rank is not part of the config
+    second.set_epoch(2)
+    share = soft_random_indices(100, 0.5, seed=1, epoch=2, num_replicas=2, rank=1)
+    assert list(second) == share[3:].tolist()  # rank 0's position, rank 1's share
+    with pytest.raises(ValueError, match="num_replicas=2, this sampler has 1"):
+        SoftRandomSampler(100, 0.5, seed=1).load_state_dict(state)

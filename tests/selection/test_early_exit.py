@@ -68,6 +68,21 @@ def test_the_linear_exit_head_learns(mnist1d, make_model):
     assert sample_losses(later, y[:500]).mean() < 0.8 * first.mean()
 
 
+def test_a_state_dict_is_a_snapshot(mnist1d, make_model):
+    """Later steps leave a saved state alone: loading it (even in the same process, as
+    rank 0 does with a broadcast state) resumes from the moment it was taken."""
+    model = make_model(mnist1d)
+    x, y = mnist1d.train.tensors[0][:64], mnist1d.train.tensors[1][:64]
+    exit_ = EarlyExit(model, "stem", head="linear", num_classes=10)
+    exit_.logits(model, x, y)
+    saved = exit_.state_dict()
+    weight = saved["linear"]["2.weight"].clone()
+    exp_avg = saved["optimizer"]["state"][0]["exp_avg"].clone()
+    exit_.logits(model, x, y)
+    assert torch.equal(saved["linear"]["2.weight"], weight)
+    assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"], exp_avg)
+
+
 # -- bad input --------------------------------------------------------------------
 
 

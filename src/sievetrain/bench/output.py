@@ -64,6 +64,8 @@ def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
             bench.config.to_dict(),
             run.describe(),
             seed,
+            # a bench on W > 1 ranks is another computation; one process keeps its keys
+            *([{"world_size": bench.world_size}] if bench.world_size > 1 else []),
         ],
         sort_keys=True,
     )
@@ -82,6 +84,7 @@ def describe_bench(bench: Bench) -> dict[str, Any]:
         "resolved": {run.label: run.describe() for run in bench.runs},
         "seeds": list(bench.seeds),
         "matched": {label: match.to_dict() for label, match in bench.matches.items()},
+        **({"world_size": bench.world_size} if bench.world_size > 1 else {}),
     }
 
 

@@ -184,6 +184,8 @@ def write_report(
     first = records[0]
     env = first["environment"]
     train = first["config"]["train"]
+    world_size = first.get("world_size", 1)  # records from before torchrun support lack it
+    ranks = f" in all, over {world_size} ranks (torchrun)" if world_size > 1 else ""
     epochs = first["epochs"]
     title = f"{first['dataset']} · {first['model']} · {epochs} epoch{'s' * (epochs != 1)}"
     report, accuracy_plot, entropy_plot, summary = REPORT_FILES
@@ -216,13 +218,13 @@ def write_report(
             "normalized prediction entropy on the test set (0 = confident, 1 = uniform).",
             "",
             f"Data: {first['train_size']} train / {first['test_size']} test samples; batch "
-            f"{train['batch_size']}; schedule {train['schedule']} "
+            f"{train['batch_size']}{ranks}; schedule {train['schedule']} "
             f"({train['schedule_unit']}-indexed).",
             "",
             f"Environment: sievetrain {env['sievetrain']} ({env['git_sha']}), "
             f"torch {env['torch']}, "
-            f"Python {env['python']}, {env['cpu']} ({env['torch_threads']} threads), "
-            f"GPU: {env['cuda'] or 'none'}.",
+            f"Python {env['python']}, {env['cpu']} ({env['torch_threads']} threads"
+            f"{' per rank' if ranks else ''}), GPU: {env['cuda'] or 'none'}.",
             "",
             f"![test accuracy against training time]({accuracy_plot})",
             "",

@@ -6,6 +6,10 @@ finished runs and continues the one that was interrupted from its last epoch.
 
 An output folder holds one bench; :mod:`sievetrain.bench.output` checks that running
 one there overwrites nothing.
+
+Under a process group (``torchrun``) every rank runs the same bench in the same order
+and trains its share of each run; rank 0 alone checks, reads and writes the folder,
+and hands what it read (finished records, a checkpoint to resume) to the others.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sievetrain.bench.output import (
 )
 from sievetrain.bench.registry import RunSpec
 from sievetrain.bench.spec import Bench, prepare, run_context
+from sievetrain.distributed import broadcast_object, is_main
 from sievetrain.files import (
     CheckpointError,
     append_jsonl,
@@ -94,30 +99,22 @@ def run_one(
     """
     trainer = build_trainer(bench, run, seed, progress=progress)
     key = run_key(bench, run, seed)
-    if checkpoint is not None and checkpoint.exists():
+    state = broadcast_object(_saved_state(checkpoint, key, f"{run.label}, seed {seed}"))
+    if state is not None:
         try:
-            state = load_torch(checkpoint)
-        except CheckpointError as error:
-            _quarantine(checkpoint, str(error))
-            state = None
-        if isinstance(state, dict) and state.get("run_key") == key and "trainer" in state:
-            try:
-                trainer.load_state_dict(state["trainer"])
-            except Exception as error:  # right run, wrong contents: damaged
+            trainer.load_state_dict(state)
+        except Exception as error:  # right run, wrong contents: damaged
+            if is_main():
                 _quarantine(checkpoint, f"{str(checkpoint)!r} does not fit this run: {error}")
-                trainer = build_trainer(bench, run, seed, progress=progress)
-        elif state is not None:
-            warnings.warn(
-                f"{str(checkpoint)!r} is not a checkpoint of this run "
-                f"({run.label}, seed {seed}): ignored, the run starts afresh",
-                stacklevel=2,
-            )
+            trainer = build_trainer(bench, run, seed, progress=progress)
     if on_start is not None:
         on_start(trainer.epoch)
 
     def after_epoch(t: Trainer) -> None:
         if checkpoint is not None:
-            atomic_torch_save({"run_key": key, "trainer": t.state_dict()}, checkpoint)
+            state = t.state_dict()  # on every rank: some samplers merge ranks' state here
+            if is_main():
+                atomic_torch_save({"run_key": key, "trainer": state}, checkpoint)
         if on_epoch is not None:
             on_epoch(t.history[-1])
 
@@ -138,6 +135,26 @@ def run_one(
     }
 
 
+def _saved_state(checkpoint: Path | None, key: str, run: str) -> dict[str, Any] | None:
+    """The trainer state in ``checkpoint`` if it is this run's (rank 0 reads; others get
+    None). A damaged one is moved aside, another run's left alone, each with a warning."""
+    if checkpoint is None or not is_main() or not checkpoint.exists():
+        return None
+    try:
+        state = load_torch(checkpoint)
+    except CheckpointError as error:
+        _quarantine(checkpoint, str(error))
+        return None
+    if isinstance(state, dict) and state.get("run_key") == key and "trainer" in state:
+        return state["trainer"]
+    warnings.warn(
+        f"{str(checkpoint)!r} is not a checkpoint of this run ({run}): ignored, "
+        "the run starts afresh",
+        stacklevel=3,
+    )
+    return None
+
+
 def run_bench(
     bench: Bench,
     out: Path,
@@ -155,15 +172,9 @@ def run_bench(
     ``on_start(run, seed, epochs_done)`` as a run starts or resumes,
     ``on_epoch(run, seed, entry)`` after each epoch, ``on_run(record)`` as it ends.
     """
-    finished = check_output(out, bench, resume=resume)
     environment()  # pins the source revision the records name to the code loaded now
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / MANIFEST).exists():
-        atomic_write_text(out / MANIFEST, json.dumps(describe_bench(bench), indent=2) + "\n")
     checkpoints = out / CHECKPOINTS
-    for name in OUTPUTS:
-        remove_temporaries(out, name)  # left by a process killed mid-write
-    remove_temporaries(checkpoints, "*.pt")
+    finished = broadcast_object(_open_output(out, bench, resume) if is_main() else None)
     done = {r["run_key"]: r for r in finished}
     bench = resolve_measured(bench, finished)
     records: list[dict[str, Any]] = []
@@ -176,10 +187,12 @@ def run_bench(
                 key = run_key(bench, run, seed)
                 ckpt = checkpoints / f"{_slug(run.label)}-seed{seed}-{key}.pt"
                 if key in done:  # its checkpoint outlived it when a crash came in between
-                    ckpt.unlink(missing_ok=True)
+                    if is_main():
+                        ckpt.unlink(missing_ok=True)
                     records.append(done[key])
                     continue
-                checkpoints.mkdir(exist_ok=True)
+                if is_main():
+                    checkpoints.mkdir(exist_ok=True)
                 record = run_one(
                     bench,
                     run,
@@ -191,15 +204,29 @@ def run_bench(
                 )
                 bench = resolve_measured(bench, [*records, record])
                 compare_seed(record, records, bench.matches)
-                append_jsonl(out / RESULTS, record)
-                ckpt.unlink(missing_ok=True)
+                if is_main():
+                    append_jsonl(out / RESULTS, record)
+                    ckpt.unlink(missing_ok=True)
                 records.append(record)
                 if on_run is not None:
                     on_run(record)
     finally:
-        if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        if is_main() and checkpoints.is_dir() and not any(checkpoints.iterdir()):
             checkpoints.rmdir()
     return records
+
+
+def _open_output(out: Path, bench: Bench, resume: bool) -> list[dict[str, Any]]:
+    """Check ``out`` (see :func:`check_output`), create it with its manifest, clear what a
+    killed process left half-written; returns the finished records."""
+    finished = check_output(out, bench, resume=resume)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MANIFEST).exists():
+        atomic_write_text(out / MANIFEST, json.dumps(describe_bench(bench), indent=2) + "\n")
+    for name in OUTPUTS:
+        remove_temporaries(out, name)  # left by a process killed mid-write
+    remove_temporaries(out / CHECKPOINTS, "*.pt")
+    return finished
 
 
 def _quarantine(checkpoint: Path, reason: str) -> None:

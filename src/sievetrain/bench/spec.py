@@ -17,6 +17,7 @@ import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
 from sievetrain.bench.matched import Match, add_matched
 from sievetrain.bench.registry import RunSpec, parse_run
 from sievetrain.data import DataSplit
+from sievetrain.distributed import world
 from sievetrain.models import DEFAULT_MODEL, build_model, check_model
 from sievetrain.options import ArgumentError, RunContext, naming
 from sievetrain.train import TrainConfig
@@ -28,7 +29,8 @@ __all__ = ["Bench", "prepare", "run_context"]
 class Bench:
     """A resolved benchmark: data, model, training config, runs and seeds, and each
     method's budget-matched baseline (``matches``, by run label; see
-    :mod:`sievetrain.bench.matched`)."""
+    :mod:`sievetrain.bench.matched`), and the ranks every run trains on
+    (``world_size``, from the process group ``prepare`` runs in)."""
 
     data: DataSplit
     model: str
@@ -36,6 +38,7 @@ class Bench:
     runs: tuple[RunSpec, ...]
     seeds: tuple[int, ...]
     matches: Mapping[str, Match] = field(default_factory=dict)
+    world_size: int = 1
 
 
 def prepare(
@@ -65,13 +68,20 @@ def prepare(
     """
     _check_lists(data, methods, seeds)
     config, runs = _parse_runs(methods, dict(sets or {}), config, optimizer)
+    world_size = world()[0]
+    if config.batch_size % world_size:
+        raise ArgumentError(
+            f"{{batch_size}} {config.batch_size} is the global batch and must be a multiple "
+            f"of the {world_size} ranks",
+            batch_size="batch_size=",
+        )
     model = model or DEFAULT_MODEL[data.name]
     check_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
     matches: dict[str, Match] = {}
     if matched:
         runs, matches = add_matched(runs, run_context(data, config))
     _check_runs(runs, data, config, model)
-    return Bench(data, model, config, runs, tuple(int(s) for s in seeds), matches)
+    return Bench(data, model, config, runs, tuple(int(s) for s in seeds), matches, world_size)
 
 
 def _check_lists(data: DataSplit, methods: Sequence[str], seeds: Sequence[int]) -> None:

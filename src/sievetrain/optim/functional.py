@@ -28,7 +28,8 @@ def draw_masks(
     masked, in each parameter's dtype; None when ``sampling_rate`` is 1 (nothing
     masked, no random numbers drawn).
 
-    ``generator_for(device)`` returns the generator for a device. One draw per
+    ``generator_for(device)`` returns the generator for a device (one on another
+    device of the same type will do: its draws are moved). One draw per
     (device, dtype) covers all its tensors: 16 random bits per entry ("element")
     or per tensor ("tensor"), compared with ``round(s * 2**16)``. Random 64-bit
     integers are split into four 16-bit lanes, about 3x cheaper on CPU than a
@@ -41,9 +42,9 @@ def draw_masks(
     masks: list[Tensor | None] = [None] * len(params)
     for (device, dtype), positions in _by_device_and_dtype(params).items():
         numels = [params[i].numel() for i in positions]
-        lanes = _random_int16(
-            sum(numels) if mask == "element" else len(numels), generator_for(device)
-        )
+        generator = generator_for(device)  # may hold another device of the same type
+        lanes = _random_int16(sum(numels) if mask == "element" else len(numels), generator)
+        lanes = lanes.to(device)  # a no-op where the generator is on ``device``
         keep = torch.lt(lanes, threshold, out=torch.empty(lanes.shape, dtype=dtype, device=device))
         if mask == "tensor":  # one draw per tensor, spread over its entries
             keep = keep.repeat_interleave(torch.tensor(numels, device=device))

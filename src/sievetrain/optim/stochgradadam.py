@@ -9,7 +9,6 @@ numbers.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from sievetrain import distributed
 from sievetrain.optim.baselines import AdamOptions
 from sievetrain.optim.functional import MASK_BITS, draw_masks, stochgradadam
 from sievetrain.options import as_int, option
@@ -91,14 +91,22 @@ class StochGradAdam(Optimizer):
                 moments and parameter untouched (lazy, as ``torch.optim.SparseAdam``).
             rescale: divide the kept entries by :math:`s` so that :math:`\hat g` is an
                 unbiased estimate of :math:`g` (ours; the paper does not rescale).
-        seed: seeds the mask stream; None draws one from the OS. Each device gets
-            its own generator, seeded from (seed, device type): the same seed on
-            every rank of a data-parallel job draws the same masks, so the
-            replicas stay in sync.
+        seed: seeds the mask stream. None shares one seed over a data-parallel job:
+            rank 0's, derived from ``torch.initial_seed()`` (so ``torch.manual_seed``
+            makes a run reproducible) and broadcast, a collective: every rank then
+            constructs the optimizer together. Two optimizers built in one process
+            with None draw the same masks; give them distinct seeds if they must not.
+            Each device type (``"cpu"``, ``"cuda"``) gets its own generator, seeded
+            from (seed, device type) and created on the parameters' device when
+            first needed: with one seed every rank draws the same masks, whichever
+            GPU it holds, so the replicas stay in sync.
         foreach: use the ``torch._foreach_*`` path; None picks it.
 
-    The generators' states are saved at the top level of ``state_dict()``, so a
-    resumed run draws the same masks as an uninterrupted one.
+    The seed and the generators' states (CPU byte tensors, keyed by device type)
+    are saved at the top level of ``state_dict()``, so a resumed run draws the same
+    masks as an uninterrupted one, on any rank. A loaded state waits until its
+    device type's generator is created; old states keyed ``"cuda:N"`` load as
+    ``"cuda"``.
     """
 
     def __init__(
@@ -115,8 +123,10 @@ class StochGradAdam(Optimizer):
         super().__init__(params, {**defaults, "foreach": foreach})
         for group in self.param_groups:  # any per-group override is checked too
             StochGradAdamOptions(**{name: group[name] for name in defaults})
-        self.seed = as_int("seed", seed) if seed is not None else secrets.randbits(63)
+        self.seed = distributed.shared_seed(seed, "stochgradadam")
+        # Keyed by device type: "cuda" on every rank, whichever GPU it holds.
         self._generators: dict[str, torch.Generator] = {}
+        self._pending: dict[str, Tensor] = {}  # loaded states of generators not yet made
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -177,10 +187,14 @@ class StochGradAdam(Optimizer):
         return params, grads, exp_avgs, exp_avg_sqs, steps
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
+        """The generator of ``device``'s type, made on ``device`` when first needed
+        (seeded, then given the state loaded for it, if any)."""
+        key = device.type
         if key not in self._generators:
             generator = torch.Generator(device=device)
-            generator.manual_seed(derive_seed(self.seed, "stochgradadam", device.type))
+            generator.manual_seed(derive_seed(self.seed, "stochgradadam", key))
+            if key in self._pending:
+                generator.set_state(self._pending.pop(key))
             self._generators[key] = generator
         return self._generators[key]
 
@@ -189,11 +203,16 @@ class StochGradAdam(Optimizer):
         # Top level, not per-parameter state: load_state_dict casts per-parameter
         # tensors to the parameter's dtype, which would corrupt a byte tensor.
         state["seed"] = self.seed
-        state["generators"] = {k: g.get_state() for k, g in self._generators.items()}
+        made = {k: g.get_state() for k, g in self._generators.items()}
+        state["generators"] = {**self._pending, **made}  # a loaded state not yet used too
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state saved by :meth:`state_dict`; nothing changes if it is refused.
+
+        Generator states and step counts are moved to the CPU (a state loaded with
+        ``map_location="cuda"`` holds them on the GPU); a generator's state is kept
+        until the generator of its device type is first needed.
 
         Raises:
             ValueError: the state lacks what StochGradAdam keeps (its options in every
@@ -203,15 +222,54 @@ class StochGradAdam(Optimizer):
         _check_saved_state(state_dict)
         state_dict = dict(state_dict)
         seed = as_int("seed", state_dict.pop("seed"))
-        generators = {}
-        for key, generator_state in state_dict.pop("generators").items():
-            generators[key] = torch.Generator(device=key)
-            try:
-                generators[key].set_state(generator_state)
-            except (RuntimeError, TypeError) as error:
-                raise ValueError(f"invalid generator state for device {key!r}: {error}") from None
+        pending = _generator_states(state_dict.pop("generators"))
         super().load_state_dict(state_dict)
-        self.seed, self._generators = seed, generators
+        for state in self.state.values():  # a state loaded with map_location="cuda"
+            if isinstance(state.get("step"), Tensor):  # keeps step counts on the GPU
+                state["step"] = state["step"].cpu()  # where step() expects them: the CPU
+        self.seed, self._generators, self._pending = seed, {}, pending
+
+
+def _generator_states(saved: Any) -> dict[str, Tensor]:
+    """Saved generator states keyed by device type, as CPU byte tensors; ValueError
+    for a bad key or state. Old states keyed ``"cuda:N"`` map to ``"cuda"``."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"generators must be a dict of device to state, got {type(saved)}")
+    states: dict[str, Tensor] = {}
+    names: dict[str, str] = {}
+    for name, state in saved.items():
+        try:
+            kind = torch.device(name).type if isinstance(name, str) else None
+        except RuntimeError:
+            kind = None
+        if kind is None:
+            raise ValueError(f"invalid generator device {name!r}: expected 'cpu', 'cuda', ...")
+        if kind in names:
+            raise ValueError(
+                f"generators {names[kind]!r} and {name!r} are both for device type {kind!r}: "
+                f"one stream per device type"
+            )
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+            raise ValueError(
+                f"invalid generator state for device {name!r}: expected a 1-D byte tensor"
+            )
+        state = state.detach().to("cpu", copy=True)  # set_state takes a CPU ByteTensor
+        _try_state(kind, name, state)
+        names[kind], states[kind] = name, state
+    return states
+
+
+def _try_state(kind: str, name: str, state: Tensor) -> None:
+    """ValueError if a generator of device type ``kind`` refuses ``state``; unchecked
+    where this process cannot make one (no such device here)."""
+    try:
+        scratch = torch.Generator(device=kind)
+    except RuntimeError:
+        return
+    try:
+        scratch.set_state(state)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"invalid generator state for device {name!r}: {error}") from None
 
 
 def _check_saved_state(state_dict: dict[str, Any]) -> None:

@@ -6,6 +6,12 @@ The trainer calls, every epoch and for every sampler, ``set_epoch(epoch)``, then
 sampler that needs no model does nothing), then iterates, weighting the loss by
 ``sample_weights(idx)`` (None: all equal). ``stats()`` goes into the run's results;
 ``state_dict()`` / ``load_state_dict()`` hold everything needed to resume.
+
+Every sampler is a ``DistributedSampler``. Under ``torchrun`` the ones that shard
+(``num_replicas`` > 1) yield each rank its own share of the epoch's global indices, all
+ranks the same count (lockstep), and the state rank 0 saves loads on every rank. Every
+rank calls ``len``, ``iter`` and ``state_dict`` together: some samplers (InfoBatch) run a
+collective there.
 """
 
 from __future__ import annotations
@@ -17,21 +23,33 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sievetrain.options import as_int
 
-__all__ = ["EpochSampler", "PlanSampler", "as_int", "check_same_config"]
+__all__ = ["EpochSampler", "PlanSampler", "as_int", "check_same_config", "shard"]
 
 
 def check_same_config(mine: dict, saved: dict) -> None:
-    """Raise ValueError naming the first key where a saved config differs from ours."""
-    for key in sorted(mine.keys() | saved.keys()):
+    """Raise ValueError naming the first key where a saved config differs from ours.
+
+    ``rank`` is not compared: frameworks save one rank's state and every rank loads it
+    (ranks run in lockstep, so rank 0's position is every rank's). ``num_replicas`` is.
+    """
+    for key in sorted((mine.keys() | saved.keys()) - {"rank"}):
         if (ours := mine.get(key)) != (theirs := saved.get(key)):
             raise ValueError(f"state has {key}={theirs!r}, this sampler has {ours!r}")
 
 
-class EpochSampler(Sampler[int]):
+def shard(order: torch.Tensor, num_replicas: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s share of an epoch's global ``order``: positions ``rank::num_replicas``,
+    after the last ``order.numel() % num_replicas`` are dropped, so that every rank has as
+    many (lockstep). Ranks' shares are disjoint positions; with one rank, all of ``order``."""
+    usable = order.numel() // num_replicas * num_replicas
+    return order[rank:usable:num_replicas]
+
+
+class EpochSampler(DistributedSampler[int]):
     """A ``Sampler`` whose indices are a function of the epoch (``_compute_indices``).
 
     Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. The
@@ -39,16 +57,44 @@ class EpochSampler(Sampler[int]):
     a checkpoint can resume mid-epoch: ``load_position`` makes the next ``__iter__``
     skip what was yielded. Subclasses call ``forget_indices()`` when what
     ``_compute_indices`` returns changes for the current epoch.
+
+    It is a ``DistributedSampler``, so that frameworks which look for one (Lightning,
+    hand-written loops) neither wrap it in another nor shard it twice, and it has the
+    attributes they read: ``num_replicas`` and ``rank`` (this rank's share; 1 and 0 for a
+    sampler that does not shard), ``epoch``, ``seed``, ``shuffle``, ``drop_last`` (ranks
+    drop a global tail shorter than ``num_replicas``), ``num_samples`` (``len``, this
+    rank's) and ``total_size``. It has no ``dataset``. Subclasses pass their
+    ``num_replicas`` and ``rank`` to ``__init__`` and keep their options and ``seed`` in
+    ``self._plan``.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    shuffle = True  # every epoch's order is a fresh random one
+    drop_last = True  # lockstep: every rank yields the same count, a short global tail is dropped
+
+    def __init__(self, num_replicas: int = 1, rank: int = 0) -> None:
+        Sampler.__init__(self)  # not DistributedSampler's: it wants a dataset and a process group
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self._start, self._resume = 0, 0, False  # _start: resume point if _resume
         self._iterator: Iterator[int] | None = None  # this epoch's, to count what it yielded
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def _compute_indices(self, epoch: int) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (every rank's)."""
+        return self._plan.seed
+
+    @property
+    def num_samples(self) -> int:
+        """Indices this rank yields in the current epoch: ``len(self)``."""
+        return len(self)
+
+    @property
+    def total_size(self) -> int:
+        """Indices all ranks yield together in the current epoch."""
+        return len(self) * self.num_replicas
 
     def refresh(self, model: nn.Module, dataset: Dataset) -> None:
         """Called at the start of every epoch, after ``set_epoch``; nothing by default."""
@@ -120,15 +166,16 @@ class PlanSampler(EpochSampler):
     (its options and the run they sample for) and the epoch.
 
     Subclasses set ``options_class`` (the method's :class:`~sievetrain.options.Options`)
-    and ``plan_indices(plan, epoch)``. The plan's fields read as attributes
-    (``sampler.ratio``), and the plan is the ``config`` a state must match to load.
+    and ``plan_indices(plan, epoch)``; the plan has fields ``seed``, ``num_replicas`` and
+    ``rank``. The plan's fields read as attributes (``sampler.ratio``), and the plan is the
+    ``config`` a state must match to load (but for ``rank``).
     """
 
     options_class: ClassVar[type]
     plan_indices: ClassVar[Callable[[Any, int], torch.Tensor]]
 
     def __init__(self, plan: Any) -> None:
-        super().__init__()
+        super().__init__(plan.num_replicas, plan.rank)
         self._plan = plan
 
     def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...

@@ -5,9 +5,10 @@ gradient best matches the full data's, by orthogonal matching pursuit with
 non-negative weights; train on those batches' samples with the weights in the loss.
 This is the coreset baseline Soft Random Sampling is measured against.
 
-Functional core: :func:`~sievetrain.sampling.last_layer.batch_gradients` (closed
-form), :func:`~sievetrain.sampling.omp.nonnegative_omp`, :func:`warm_start_schedule`,
-:func:`gradmatch_select`. Stateful wrapper: :class:`GradMatchSampler`.
+Functional core: :func:`~sievetrain.sampling.last_layer.shared_batch_gradients`
+(closed form, split over ranks), :func:`~sievetrain.sampling.omp.nonnegative_omp`,
+:func:`warm_start_schedule`, :func:`gradmatch_select`, :func:`shard`. Stateful
+wrapper: :class:`GradMatchSampler`.
 """
 
 from __future__ import annotations
@@ -23,15 +24,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sievetrain import distributed
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import EpochSampler, as_int, check_same_config
-from sievetrain.sampling.last_layer import batch_gradients
+from sievetrain.sampling.base import EpochSampler, as_int, check_same_config, shard
+from sievetrain.sampling.last_layer import scoring_block, shared_batch_gradients
 from sievetrain.sampling.omp import check_omp_options, nonnegative_omp
 from sievetrain.sampling.srs import batch_partition, selection_round, subset_size
 from sievetrain.sampling.srs import soft_random_indices as _full_data_indices
 
-__all__ = ["GradMatchOptions", "GradMatchSampler", "gradmatch_select", "warm_start_schedule"]
+__all__ = [
+    "GradMatchOptions",
+    "GradMatchSampler",
+    "gradmatch_select",
+    "shard",
+    "warm_start_schedule",
+]
 
 
 @dataclass(frozen=True)
@@ -121,20 +129,29 @@ def gradmatch_select(
     return batches, weights, len(picked)
 
 
+# A config saved before GRAD-MATCH knew ranks is a single-process one.
+_SINGLE_PROCESS = {"num_replicas": 1, "rank": 0}
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Plan(GradMatchOptions):
     """Options and the run they select for (the sampler's ``state_dict()["config"]``)."""
 
     n: int
-    batch_size: int
+    batch_size: int  # the global batch: samples per optimizer step over all ranks
     epochs: int
     seed: int
+    num_replicas: int = 1
+    rank: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         as_int("batch_size", self.batch_size, 1)
         as_int("n", self.n, self.batch_size)  # at least one full batch to choose
-        self.budget  # noqa: B018  (checks the ratio against the batches)
+        as_int("num_replicas", self.num_replicas, 1)
+        as_int("rank", self.rank, 0, self.num_replicas)
+        if (least := self.budget * self.batch_size) < self.num_replicas:
+            raise ValueError(f"ratio {self.ratio!r}: {least} samples < {self.num_replicas} ranks")
         self.warm_start  # noqa: B018  (checks epochs)
 
     @functools.cached_property
@@ -156,6 +173,11 @@ class _Plan(GradMatchOptions):
     def budget(self) -> int:
         """Batches chosen per selection: ``floor(ratio * batches + 0.5)``."""
         return subset_size(self.batches, self.ratio, unit="full batches")
+
+    @property
+    def ranks(self) -> dict:
+        """``num_replicas`` and ``rank``, as keywords."""
+        return {"num_replicas": self.num_replicas, "rank": self.rank}
 
     def round(self, epoch: int) -> int | str:
         """The selection round of ``epoch``, ``"full"`` or ``"skip"`` (warm start)."""
@@ -181,9 +203,13 @@ class GradMatchSampler(EpochSampler):
         ratio: Subset ratio r in (0, 1]: ``floor(r * B + 0.5)`` of the ``B = n //
             batch_size`` full batches of a fixed ``(seed, "batches")`` partition.
             ``ratio=1`` is full data (nothing to choose).
-        batch_size: Samples per candidate batch (the training batch size).
+        batch_size: Samples per candidate batch: the GLOBAL training batch (samples
+            per optimizer step over all ranks; each rank's loader takes its share).
         epochs: The run's epochs E, for the warm-start schedule.
         seed: Run seed (partition, order, random fill).
+        num_replicas: Ranks that train (the torchrun world size); default: the
+            process group's size, 1 without one.
+        rank: This rank, in ``[0, num_replicas)``; default: the process group's.
         **options: the other fields of :class:`GradMatchOptions`: ``interval`` (R,
             epochs between selections; 0 selects once), ``kappa`` (κ, see
             :func:`warm_start_schedule`), ``lam`` (λ) and ``eps`` (ε) of the OMP, and
@@ -191,10 +217,21 @@ class GradMatchSampler(EpochSampler):
             batches with weight 1 (an ablation: the same warm start and schedule, no
             gradients, no OMP), to tell what the matching itself buys.
 
-    A subset epoch yields the chosen batches' samples reshuffled (stream ``(seed,
-    "order", epoch)``); a full-data epoch yields exactly what the ``full`` baseline
-    does. The fewer-than-``batch_size`` samples left over by the partition are never
-    chosen. One process: every rank would need the same selection.
+    A subset epoch's global order is the chosen batches' samples reshuffled (stream
+    ``(seed, "order", epoch)``); a full-data epoch's is exactly what the ``full``
+    baseline yields. The fewer-than-``batch_size`` samples left over by the partition
+    are never chosen.
+
+    Data parallel: one selection for all ranks, every rank calling ``refresh`` at once
+    (with its model, DDP-wrapped or not: the scoring passes run on the inner module, no
+    DDP collectives). Each rank scores a contiguous ``1/num_replicas`` block of the
+    candidate batches and the ranks all-gather the gradients, so scoring time per rank
+    drops about ``num_replicas`` x; rank 0 runs the OMP and broadcasts its choice, so
+    the batches and weights are the same on every rank by construction, whatever the
+    floating-point behaviour of each rank's BLAS. Each rank yields positions
+    ``rank::num_replicas`` of the global order cut to a multiple of ``num_replicas``
+    (the last ``< num_replicas`` samples are dropped): every rank runs as many steps.
+    A state saved on any rank loads on every rank.
     """
 
     def __init__(
@@ -205,17 +242,20 @@ class GradMatchSampler(EpochSampler):
         batch_size: int,
         epochs: int,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__()
-        self._plan = _Plan(
-            n=n, ratio=ratio, batch_size=batch_size, epochs=epochs, seed=seed, **options
-        )
+        num_replicas, rank = distributed.replicas(num_replicas, rank)
+        super().__init__(num_replicas, rank)
+        run = {"n": n, "batch_size": batch_size, "epochs": epochs, "seed": seed}
+        self._plan = _Plan(ratio=ratio, num_replicas=num_replicas, rank=rank, **run, **options)
         self._round: int | None = None  # round the current subset was selected for
         self._batches = torch.zeros(0, dtype=torch.long)  # chosen batch ids
         self._batch_weights = torch.zeros(0, dtype=torch.float64)
         self._weights = torch.zeros(0)  # (n,) per-sample loss weight, from the two above
-        self.selections: list[dict] = []  # per selection: epoch, seconds, batches OMP chose
+        # Per selection: epoch, seconds, batches OMP chose, batches this rank scored.
+        self.selections: list[dict] = []
 
     @property
     def config(self) -> dict:
@@ -228,25 +268,40 @@ class GradMatchSampler(EpochSampler):
     def refresh(
         self, model: nn.Module, dataset: Dataset, *, layer: nn.Module | None = None
     ) -> None:
-        """Select the subset for the current epoch if its round has none yet."""
+        """Select the subset for the current epoch if its round has none yet (on every
+        rank at once when ``num_replicas > 1``: the ranks exchange gradients)."""
         r = self._plan.round(self.epoch)
         if not isinstance(r, int) or r == self._round:
             return
         start, plan = time.perf_counter(), self._plan
         fill = make_generator(plan.seed, "gradmatch-fill", r)
         if plan.match:
-            columns = batch_gradients(
-                model, dataset, list(plan.partition[: plan.batches]), layer=layer
-            )
-            batches, weights, by_omp = gradmatch_select(
-                columns, plan.budget, lam=plan.lam, eps=plan.eps, generator=fill
-            )
-        else:  # the ablation: all of the budget is "fill"
+            batches, weights, by_omp = self._match(distributed.unwrap(model), dataset, layer, fill)
+            scored = len(scoring_block(plan.batches, **plan.ranks))
+        else:  # the ablation: all of the budget is "fill", drawn alike on every rank
             batches = torch.randperm(plan.batches, generator=fill)[: plan.budget]
-            weights, by_omp = torch.ones(plan.budget, dtype=torch.float64), 0
+            weights, by_omp, scored = torch.ones(plan.budget, dtype=torch.float64), 0, 0
         self._set_subset(r, batches, weights)
         seconds = time.perf_counter() - start  # the weights are on the CPU: work is done
-        self.selections.append({"epoch": self.epoch, "seconds": seconds, "omp_batches": by_omp})
+        log = {"epoch": self.epoch, "seconds": seconds, "omp_batches": by_omp}
+        self.selections.append(log | {"scored_batches": scored})
+
+    def _match(
+        self, model: nn.Module, dataset: Dataset, layer: nn.Module | None, fill: torch.Generator
+    ) -> tuple[Tensor, Tensor, int]:
+        """:func:`gradmatch_select` on every candidate's gradient: rank 0's choice."""
+        plan = self._plan
+        candidates = list(plan.partition[: plan.batches])
+        columns = shared_batch_gradients(model, dataset, candidates, layer=layer, **plan.ranks)
+        # One solver, its answer sent: equal inputs are not enough for equal outputs (MKL's
+        # least squares is not even bitwise repeatable), and a rank that chose otherwise
+        # would train other samples, or a different number of steps and hang.
+        choice = None
+        if plan.rank == 0:
+            choice = gradmatch_select(
+                columns, plan.budget, lam=plan.lam, eps=plan.eps, generator=fill
+            )
+        return choice if plan.num_replicas == 1 else distributed.broadcast_object(choice)
 
     def sample_weights(self, idx: Tensor) -> Tensor | None:
         """Loss weight of each dataset index in ``idx`` this epoch; None: all equal."""
@@ -261,23 +316,23 @@ class GradMatchSampler(EpochSampler):
         }
 
     def __len__(self) -> int:  # known before the selection (a step schedule needs it)
-        r = self._plan.round(self.epoch)
-        if r == "full":
-            return self._plan.n
-        return 0 if r == "skip" else self._plan.budget * self._plan.batch_size
+        r, plan = self._plan.round(self.epoch), self._plan
+        if r == "skip":
+            return 0
+        total = plan.n if r == "full" else plan.budget * plan.batch_size  # all ranks'
+        return total // plan.num_replicas
 
     def _compute_indices(self, epoch: int) -> Tensor:
         r, plan = self._plan.round(epoch), self._plan
         if r == "full":
-            return _full_data_indices(plan.n, 1.0, seed=plan.seed, epoch=epoch)
+            return _full_data_indices(plan.n, 1.0, seed=plan.seed, epoch=epoch, **plan.ranks)
         if r == "skip":
             return torch.zeros(0, dtype=torch.long)
         if r != self._round:
             raise RuntimeError(f"epoch {epoch} needs a selection: call refresh(model, dataset)")
         chosen = torch.cat([plan.partition[i] for i in self._batches.tolist()])
-        return chosen[
-            torch.randperm(len(chosen), generator=make_generator(plan.seed, "order", epoch))
-        ]
+        order = torch.randperm(len(chosen), generator=make_generator(plan.seed, "order", epoch))
+        return shard(chosen[order], **plan.ranks)
 
     def _set_subset(self, r: int | None, batches: Tensor, weights: Tensor) -> None:
         self._round, self._batches, self._batch_weights = r, batches, weights
@@ -299,8 +354,14 @@ class GradMatchSampler(EpochSampler):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the subset and schedule; the next ``__iter__`` resumes at ``position``."""
-        check_same_config(self.config, state["config"])
+        """Restore the subset and schedule; the next ``__iter__`` resumes at ``position``.
+
+        Any rank's state loads on every rank (the selection is the same on all; the
+        log's seconds are the saving rank's); a state saved before GRAD-MATCH knew
+        ranks is a single-process one.
+        """
+        saved = _SINGLE_PROCESS | state["config"]
+        check_same_config(self.config, saved)
         self._set_subset(state["round"], state["batches"].clone(), state["batch_weights"].clone())
         self.selections = [dict(s) for s in state["selections"]]
         self.load_position(state["epoch"], state["position"])

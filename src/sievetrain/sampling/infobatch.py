@@ -10,7 +10,8 @@ weights ("annealing"), to remove what bias remains before the run ends.
 
 Functional core: :func:`infobatch_plan` (one epoch's indices and weights from the
 scores) and :func:`annealing_start`. Stateful wrapper: :class:`InfoBatchSampler`, which
-keeps the scores, plans each epoch once from the scores at its start, and serialises.
+keeps the scores, plans each epoch once from the scores at its start, and serialises;
+under ``torchrun`` it merges the ranks' losses so that every rank prunes alike.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from sievetrain.distributed import all_reduce, replicas, world
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import EpochSampler, as_int, check_same_config
+from sievetrain.sampling.base import EpochSampler, as_int, check_same_config, shard
 from sievetrain.sampling.srs import soft_random_indices
 
 __all__ = ["InfoBatchOptions", "InfoBatchSampler", "annealing_start", "infobatch_plan"]
@@ -64,11 +66,17 @@ class _Plan(InfoBatchOptions):
     n: int
     epochs: int
     seed: int
+    num_replicas: int = 1
+    rank: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         as_int("n", self.n, 1)
         as_int("epochs", self.epochs, 1)
+        as_int("num_replicas", self.num_replicas, 1)
+        as_int("rank", self.rank, 0, self.num_replicas)
+        if self.n < self.num_replicas:
+            raise ValueError(f"{self.n} samples < {self.num_replicas} ranks")
 
 
 def annealing_start(epochs: int, delta: float) -> int:
@@ -96,6 +104,15 @@ def _epoch_plan(plan: _Plan, scores: Tensor, epoch: int) -> tuple[Tensor, Tensor
     weights = torch.ones(plan.n, dtype=torch.float32)
     weights[rescaled] = 1 / (1 - plan.prune)
     return indices, weights
+
+
+def _merged_scores(scores: Tensor, observed: Tensor) -> Tensor:
+    """Every rank's ``scores (n,)``, merged over the process group with one all-reduce:
+    a sample's mean score over the ranks that ``observed (n,)`` it (ranks train disjoint
+    shares, so that is the one rank's loss, exactly), its own score where none did."""
+    mine = torch.stack([torch.where(observed, scores, 0.0), observed.to(scores.dtype)])  # (2, n)
+    total, count = all_reduce(mine).unbind()  # (n,) sums over ranks
+    return torch.where(count > 0, total / count.clamp(min=1), scores)
 
 
 def infobatch_plan(
@@ -165,13 +182,24 @@ class InfoBatchSampler(EpochSampler):
         delta: δ in (0, 1].
         seed: Run seed (drop draws ``(seed, "infobatch", epoch)``, order ``(seed,
             "order", epoch)``); the global RNGs are never touched.
+        num_replicas: Ranks sharing the epoch; default: the process group's size.
+        rank: This rank; default: the process group's (see
+            :func:`sievetrain.distributed.replicas`).
 
-    ``state_dict()`` holds the scores and the current epoch's plan, so a mid-epoch
+    Ranks: every rank plans the same global epoch and trains positions
+    ``rank::num_replicas`` of it, cut to a multiple of ``num_replicas`` (lockstep). Each
+    rank observes only its share's losses, so in a process group of several ranks the
+    ranks' observations are merged (one all-reduce) right before an epoch is planned and
+    in ``state_dict()``: every rank prunes from every rank's losses, as one process fed
+    all of them would. Contract: every rank calls ``len``, ``iter``, ``sample_weights``,
+    ``state_dict`` and ``load_state_dict`` in the same order (they may run a collective);
+    ``observe_losses`` is local and cheap. One process runs no collective.
+
+    ``state_dict()`` holds the scores and the current epoch's global plan, so a mid-epoch
     resume yields the rest of the epoch with the same weights, and later epochs as an
-    uninterrupted run fed the same losses. A ``DataLoader`` with workers pulls indices
-    ahead of training; a trainer checkpointing mid-epoch should overwrite
-    ``state["position"]`` with the samples it consumed. One process: ranks would need to
-    share their losses.
+    uninterrupted run fed the same losses; rank 0's state loads on every rank. A
+    ``DataLoader`` with workers pulls indices ahead of training; a trainer checkpointing
+    mid-epoch should overwrite ``state["position"]`` with the samples it consumed.
     """
 
     observes_losses = True  # the trainer feeds observe_losses(idx, losses) every batch
@@ -184,10 +212,17 @@ class InfoBatchSampler(EpochSampler):
         epochs: int,
         delta: float = InfoBatchOptions.delta,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
-        super().__init__()
-        self._plan = _Plan(n=n, prune=prune, delta=delta, epochs=epochs, seed=seed)
+        size, rank = replicas(num_replicas, rank)
+        super().__init__(size, rank)
+        self._plan = _Plan(
+            n=n, prune=prune, delta=delta, epochs=epochs, seed=seed, num_replicas=size, rank=rank
+        )
         self._scores = torch.ones(n, dtype=torch.float32)  # (n,) latest training loss
+        self._observed = torch.zeros(n, dtype=torch.bool)  # (n,) scored since the last merge
+        self._global: Tensor | None = None  # (k,) this epoch's plan, every rank's indices
         self._weights: Tensor | None = None  # (n,) this epoch's, set with the cached indices
         self._pruned: dict[int, int] = {}  # epoch -> samples pruned
         self._restored: tuple[int, Tensor, Tensor | None] | None = None  # from load_state_dict
@@ -202,7 +237,8 @@ class InfoBatchSampler(EpochSampler):
 
     @property
     def scores(self) -> Tensor:
-        """A copy of every sample's current score, ``(n,)`` float32."""
+        """A copy of every sample's current score, ``(n,)`` float32 (with several ranks,
+        this rank's view: other ranks' losses arrive at the next merge)."""
         return self._scores.clone()
 
     def observe_losses(self, idx: Tensor, losses: Tensor) -> None:
@@ -212,15 +248,24 @@ class InfoBatchSampler(EpochSampler):
         if idx.numel() != losses.numel():
             raise ValueError(f"{idx.numel()} indices but {losses.numel()} losses")
         self._scores[idx] = losses
+        self._observed[idx] = True
+
+    def _merge_observations(self) -> None:
+        """Every rank's losses since the last merge, on every rank (a collective when the
+        process group has several ranks; nothing to do in one process)."""
+        if world()[0] > 1:
+            self._scores = _merged_scores(self._scores, self._observed)
+        self._observed.zero_()
 
     def _compute_indices(self, epoch: int) -> Tensor:
         if self._restored is not None and self._restored[0] == epoch:
-            _, indices, self._weights = self._restored  # planned before the checkpoint
+            _, self._global, self._weights = self._restored  # planned before the checkpoint
         else:
-            indices, self._weights = _epoch_plan(self._plan, self._scores, epoch)
+            self._merge_observations()
+            self._global, self._weights = _epoch_plan(self._plan, self._scores, epoch)
         self._restored = None
-        self._pruned[epoch] = self._plan.n - indices.numel()
-        return indices
+        self._pruned[epoch] = self._plan.n - self._global.numel()
+        return shard(self._global, self._plan.num_replicas, self._plan.rank)
 
     def sample_weights(self, idx: Tensor) -> Tensor | None:
         """Loss weight of each dataset index in ``idx`` this epoch (CPU float32); None: all 1."""
@@ -230,30 +275,33 @@ class InfoBatchSampler(EpochSampler):
         return self._weights[torch.as_tensor(idx).to("cpu", torch.long)]
 
     def stats(self) -> dict:
-        """Samples pruned over the run, and per epoch in epoch order."""
+        """Samples pruned over the run (from the global plans), and per epoch in epoch order."""
         per_epoch = [self._pruned[e] for e in sorted(self._pruned)]
         return {"pruned": sum(per_epoch), "pruned_per_epoch": per_epoch}
 
     def state_dict(self) -> dict:
-        """Config, epoch, position, scores, this epoch's plan and the pruning log."""
-        indices = self._indices()  # plans the epoch if not yet done
+        """Config, epoch, position, scores (every rank's losses, merged), this epoch's global
+        plan and the pruning log."""
+        self._indices()  # plans the epoch if not yet done
+        self._merge_observations()
         return {
             "config": self.config,
             "epoch": self.epoch,
             "position": self.position,
             "scores": self._scores.clone(),
-            "indices": indices.clone(),
+            "indices": self._global.clone(),
             "weights": None if self._weights is None else self._weights.clone(),
             "pruned": dict(self._pruned),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore scores and the epoch's plan; the next ``__iter__`` resumes at ``position``.
+        Any rank's state loads on every rank; one saved before ranks existed has one rank.
 
         Raises:
             ValueError: the saved config differs from this sampler's, or the state is invalid.
         """
-        check_same_config(self.config, state["config"])
+        check_same_config(self.config, {"num_replicas": 1, **state["config"]})
         scores = state["scores"]
         if tuple(scores.shape) != (self._plan.n,):
             raise ValueError(
@@ -261,6 +309,7 @@ class InfoBatchSampler(EpochSampler):
             )
         weights = state["weights"]
         self._scores = scores.to(torch.float32).clone()
+        self._observed.zero_()
         self._pruned = {int(e): int(k) for e, k in state["pruned"].items()}
         epoch = as_int("epoch", state["epoch"], 0)
         self._restored = (

@@ -1,5 +1,6 @@
 """Per-batch gradients of a network's final linear layer, in closed form: what
-GRAD-MATCH matches, at the cost of forward passes only."""
+GRAD-MATCH matches, at the cost of forward passes only; under data parallelism each
+rank computes a share and the ranks exchange them."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sievetrain import distributed
 from sievetrain.data import make_loader
 from sievetrain.losses import IGNORE_INDEX, flatten_targets
 from sievetrain.scoring import scoring_mode
 
-__all__ = ["batch_gradients", "last_layer_gradient"]
+__all__ = ["batch_gradients", "last_layer_gradient", "scoring_block", "shared_batch_gradients"]
 
 
 def last_layer_gradient(
@@ -51,10 +53,13 @@ def batch_gradients(
     The model runs as a training step would see each batch (training mode, batch
     statistics) but without side effects (:func:`~sievetrain.scoring.scoring_mode`).
     ``layer`` is the final ``nn.Linear`` whose output is the model's output (default:
-    the model's last ``nn.Linear``).
+    the model's last ``nn.Linear``). No batches: ``(d, 0)``.
     """
     layer = layer if layer is not None else _last_linear(model)
     device = next(model.parameters()).device
+    if not batches:
+        d = layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
+        return torch.zeros(d, 0, device=device)  # float32, as last_layer_gradient's
     sizes = {len(b) for b in batches}
     if len(sizes) != 1:
         raise ValueError(f"batches must have one size, got sizes {sorted(sizes)}")
@@ -79,6 +84,50 @@ def batch_gradients(
         hook.remove()
         model.train(was_training)
     return torch.stack(columns, dim=1)
+
+
+def scoring_block(batches: int, *, num_replicas: int, rank: int) -> range:
+    """The candidate batches ``rank`` scores: a contiguous block of ``ceil(batches /
+    num_replicas)`` (the last ranks' blocks may be shorter, or empty)."""
+    per = -(-batches // num_replicas)
+    return range(min(rank * per, batches), min((rank + 1) * per, batches))
+
+
+def shared_batch_gradients(
+    model: nn.Module,
+    dataset: Dataset,
+    batches: list[Tensor],
+    *,
+    num_replicas: int = 1,
+    rank: int = 0,
+    layer: nn.Module | None = None,
+) -> Tensor:
+    """:func:`batch_gradients` of all ``batches``, ``(d, len(batches))``, the work split
+    over the ``num_replicas`` ranks of the process group: this rank computes its
+    :func:`scoring_block`, and the blocks, padded to one size, are all-gathered in rank
+    order. Each column is computed as one process would, so the result is the same on
+    every rank and equal to one process's up to floating-point noise between machines.
+
+    Call it on every rank, with the inner module of a ``DistributedDataParallel``
+    (:func:`~sievetrain.distributed.unwrap`): scoring runs no DDP collectives.
+    ``num_replicas=1`` computes every column here and communicates nothing.
+
+    Raises:
+        RuntimeError: ``(num_replicas, rank)`` is not the process group's.
+    """
+    if num_replicas == 1:
+        return batch_gradients(model, dataset, batches, layer=layer)
+    if distributed.world() != (num_replicas, rank):
+        raise RuntimeError(
+            f"num_replicas={num_replicas}, rank={rank} need a process group of {num_replicas} "
+            f"ranks with this rank {rank}; it is (world, rank) = {distributed.world()}"
+        )
+    block = scoring_block(len(batches), num_replicas=num_replicas, rank=rank)
+    mine = batch_gradients(model, dataset, [batches[b] for b in block], layer=layer)  # (d, k)
+    per = -(-len(batches) // num_replicas)
+    padded = torch.cat([mine.T, mine.new_zeros(per - len(block), mine.shape[0])])  # (per, d)
+    # Blocks are in batch order and only trailing ranks are short: the padding is at the end.
+    return distributed.all_gather(padded)[: len(batches)].T.contiguous()  # (d, B)
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:

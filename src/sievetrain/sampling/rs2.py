@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sievetrain.distributed import replicas
 from sievetrain.options import Options, RunContext, option
-from sievetrain.sampling.base import PlanSampler, as_int
+from sievetrain.sampling.base import PlanSampler, as_int, shard
 from sievetrain.sampling.srs import soft_random_indices, subset_size
 
 __all__ = ["FullOptions", "RS2Options", "RS2Sampler", "rs2_indices"]
@@ -118,7 +119,7 @@ def _epoch_indices(plan: _RS2Plan, epoch: int) -> torch.Tensor:
     """This rank's indices for ``epoch``: its share of stream positions ``[e m, (e+1) m)``."""
     m = plan.per_epoch
     chunk = _stream(plan.n, plan.seed, epoch * m, (epoch + 1) * m)  # (m,) global order
-    return chunk[plan.rank :: plan.num_replicas]
+    return shard(chunk, plan.num_replicas, plan.rank)  # m is a multiple: nothing dropped
 
 
 def rs2_indices(
@@ -168,7 +169,9 @@ class RS2Sampler(PlanSampler):
     counts the indices its iterator has yielded this epoch (``position``), so a checkpoint can
     resume mid-epoch. Arguments are those of :func:`rs2_indices` (``seed`` defaults to 0); each
     is readable as an attribute (``sampler.ratio``, ``sampler.n``, ...), and ``sampler.options``
-    is the :class:`RS2Options`.
+    is the :class:`RS2Options`. ``num_replicas`` and ``rank`` default from the process group
+    (see :func:`sievetrain.distributed.replicas`): under ``torchrun`` each rank yields its own
+    share of the epoch's global chunk. The state rank 0 saves loads on every rank.
     """
 
     options_class = RS2Options
@@ -180,9 +183,10 @@ class RS2Sampler(PlanSampler):
         ratio: float = RS2Options.ratio,
         *,
         seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
+        num_replicas, rank = replicas(num_replicas, rank)
         super().__init__(
             _RS2Plan(n=n, ratio=ratio, seed=seed, num_replicas=num_replicas, rank=rank)
         )

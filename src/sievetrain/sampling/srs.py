@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import torch
 
+from sievetrain.distributed import replicas
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import PlanSampler, as_int
+from sievetrain.sampling.base import PlanSampler, as_int, shard
 
 __all__ = [
     "SRSOptions",
@@ -144,8 +145,7 @@ def _epoch_indices(plan: _Plan, epoch: int) -> torch.Tensor:
         batches = batch_partition(plan.n, plan.batch_size, seed=plan.seed)  # fixed for the run
         chosen = torch.cat([batches[i] for i in chosen.tolist()])  # contents kept together
     # Lockstep ranks: drop the global tail (< num_replicas indices, warm start / batch mode only).
-    usable = chosen.numel() // plan.num_replicas * plan.num_replicas
-    return chosen[plan.rank : usable : plan.num_replicas]
+    return shard(chosen, plan.num_replicas, plan.rank)
 
 
 def soft_random_indices(
@@ -178,7 +178,12 @@ def soft_random_indices(
               "batches")``), cuts ``ceil(n / batch_size)`` batches B and draws ``k =
               floor(ratio * B + 0.5)`` whole batches per round (distinct, or i.i.d.); the
               epoch concatenates them in an order reshuffled every epoch, and warm-start
-              epochs yield all batches. ``"sample"`` ignores ``batch_size``.
+              epochs yield all batches. ``"sample"`` ignores ``batch_size``. With several
+              ranks ``batch_size`` is the GLOBAL batch: the global order of whole batches
+              is sharded ``rank::num_replicas``, so each global batch is split over the
+              ranks, ``batch_size / num_replicas`` samples each (pass the per-rank batch
+              times num_replicas; the partition's short last batch, where chosen, shifts
+              the batches after it in the epoch's order off that alignment).
             - ``warm_start_epochs``: leading epochs on the full data (a fresh permutation each).
 
     Every rank computes the same global epoch order and takes positions ``rank::num_replicas``.
@@ -204,8 +209,12 @@ class SoftRandomSampler(PlanSampler):
     counts the indices its iterator has yielded this epoch (``position``), so a checkpoint can
     resume mid-epoch: ``load_state_dict`` makes the next ``__iter__`` skip what was yielded.
     Arguments are those of :func:`soft_random_indices` (``seed`` defaults to 0; ``**options``
-    are :class:`SRSOptions`); each is readable as an attribute (``sampler.ratio``,
-    ``sampler.interval``, ...), and ``sampler.options`` is the :class:`SRSOptions`.
+    are :class:`SRSOptions` and ``batch_size``); each is readable as an attribute
+    (``sampler.ratio``, ``sampler.interval``, ...), and ``sampler.options`` is the
+    :class:`SRSOptions`. ``num_replicas`` and ``rank`` default from the process group (see
+    :func:`sievetrain.distributed.replicas`): under ``torchrun`` each rank yields its own
+    share of the epoch's global subset; in batch granularity ``batch_size`` is the global
+    batch. The state rank 0 saves loads on every rank.
 
     Note: a ``DataLoader`` with workers pulls indices ahead of training; a trainer that
     checkpoints mid-epoch should overwrite ``state["position"]`` with the samples it consumed.
@@ -220,9 +229,13 @@ class SoftRandomSampler(PlanSampler):
         ratio: float = SRSOptions.ratio,
         *,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(_Plan(n=n, ratio=ratio, seed=seed, **options))
+        num_replicas, rank = replicas(num_replicas, rank)
+        plan = _Plan(n=n, ratio=ratio, seed=seed, num_replicas=num_replicas, rank=rank, **options)
+        super().__init__(plan)
 
     @property
     def subset_size(self) -> int:

@@ -14,17 +14,39 @@ measures how well the scores rank the true per-sample losses (Spearman); a
 selector that does not score returns None. A selector whose class sets
 ``accumulates = True`` has its kept samples gathered into full batches before a
 backward pass (the remainder is trained at the end of the epoch).
+
+Under ``DistributedDataParallel`` the trainer passes the model it trains, the DDP
+wrapper, on every rank. A selector scores through the module inside it
+(:func:`sievetrain.distributed.unwrap`), so a scoring pass runs no DDP collective.
+``select`` is called once per batch on every rank, in lockstep, so it may run
+collectives of its own (every rank calls it equally often); ``score`` must not (the
+trainer may score on some ranks only). A selector must keep every rank's optimizer
+step count equal, or the next DDP backward deadlocks: one that ``accumulates`` keeps
+the same number of samples of each batch on every rank (equal local batch sizes come
+from the lockstep samplers). Its ``state_dict`` is the same on every rank, so rank
+0's checkpoint resumes every rank.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from sievetrain.options import as_int
 
-__all__ = ["KeepAll", "Selector"]
+__all__ = ["KeepAll", "Selector", "keep_count"]
+
+
+def keep_count(batch: int, ratio: float) -> int:
+    """Samples kept of a batch: ``ceil(ratio * batch)``, at least 1 for a non-empty batch.
+
+    ``ratio * batch`` is rounded to 9 decimals first, so that a product that is an
+    integer on paper (0.3 * 10 = 3.0000000000000004 in floating point) is not
+    rounded up past it.
+    """
+    return min(batch, max(math.ceil(round(ratio * batch, 9)), 1 if batch else 0))
 
 
 class Selector:

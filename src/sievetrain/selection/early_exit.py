@@ -17,15 +17,24 @@ Exit heads:
   output with its own Adam, so the trunk's gradients are never touched.
 - ``"auto"``: ``"reuse"`` when the model's head accepts the stage's output,
   else ``"linear"``.
+
+Under ``DistributedDataParallel`` an exit takes the wrapper and works on the module
+inside it (:func:`sievetrain.distributed.unwrap`): stage and head names are that
+module's, and a scoring pass runs no DDP collective. A linear head's gradients are
+averaged over the ranks before each step (:func:`~sievetrain.distributed.average_gradients`,
+a no-op in one process), so heads that start alike (zero-initialised) stay bitwise
+identical on every rank; every rank must then train its head on every batch.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from sievetrain.distributed import average_gradients, unwrap
 from sievetrain.losses import batch_loss
 from sievetrain.scoring import scoring_mode
 
@@ -44,7 +53,8 @@ class EarlyExit:
     """An exit after ``model.<stage>``, removable, with a reused or trained head.
 
     Args:
-        model: any ``nn.Module``; it is not modified (one forward hook is added).
+        model: any ``nn.Module``, or a DDP wrapper (the exit goes on the module
+            inside it); it is not modified (one forward hook is added).
         stage: dotted name of the submodule after which to exit, e.g. ``"stem"``
             or ``"layer1"`` (``model.get_submodule(stage)``).
         head: ``"auto"``, ``"reuse"`` or ``"linear"`` (see the module docstring).
@@ -69,6 +79,7 @@ class EarlyExit:
     ) -> None:
         if head not in EXIT_HEADS:
             raise ValueError(f"unknown exit head {head!r}; known: {', '.join(EXIT_HEADS)}")
+        model = unwrap(model)
         self.stage, self.lr, self.num_classes = stage, lr, num_classes
         self._model_head = _find(model, head_module, "head_module") if head != "linear" else None
         if head == "reuse" and stage == head_module:  # exit at the output: logits as they are
@@ -94,7 +105,8 @@ class EarlyExit:
 
     def features(self, model: nn.Module, x: Tensor) -> Tensor:
         """The stage's output for ``x``, computed without gradients and without
-        running the rest of the model."""
+        running the rest of the model (nor a DDP wrapper's collectives)."""
+        model = unwrap(model)
         self._armed = True
         try:
             with torch.no_grad():
@@ -149,6 +161,8 @@ class EarlyExit:
             logits = self.linear(features.detach())
             self.optimizer.zero_grad(set_to_none=True)
             batch_loss(logits, y).backward()
+            # Under DDP: the mean over ranks keeps every rank's head identical.
+            average_gradients(list(self.linear.parameters()))
             self.optimizer.step()
         return logits.detach()
 
@@ -173,10 +187,12 @@ class EarlyExit:
             self._pending_state = None
 
     def state_dict(self) -> dict[str, Any]:
+        """A snapshot: copies, so later steps do not change it (torch's state dicts
+        alias the live tensors, and loading one in the same process would share them)."""
         state: dict[str, Any] = {"kind": self.kind}
         if self.linear is not None:
-            state["linear"] = self.linear.state_dict()
-            state["optimizer"] = self.optimizer.state_dict()
+            state["linear"] = copy.deepcopy(self.linear.state_dict())
+            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -193,8 +209,9 @@ class EarlyExit:
 
 
 def exit_stage(model: nn.Module, stage: str | None) -> str:
-    """``stage``, or the model's own ``exit_stage`` (the reference models name one)."""
-    stage = stage or getattr(model, "exit_stage", None)
+    """``stage``, or the model's own ``exit_stage`` (the reference models name one;
+    under DDP, the module inside the wrapper)."""
+    stage = stage or getattr(unwrap(model), "exit_stage", None)
     if stage is None:
         raise ValueError("an early exit needs stage= (the model declares no exit_stage)")
     return stage
@@ -216,6 +233,7 @@ def check_exit(
     Raises:
         ValueError: unknown stage, or a head that cannot take the stage's output.
     """
+    model = unwrap(model)
     early_exit = EarlyExit(model, exit_stage(model, stage), head=head, num_classes=num_classes)
     try:
         with scoring_mode(model):

@@ -5,22 +5,31 @@ without gradients, scores every sample by its exit loss (or by its exit
 prediction entropy, which needs no labels), and keeps the ``ceil(ratio * b)``
 highest. Only those get the full forward and backward pass. Uniform random keep
 of the same size is the control that shows whether the choice matters.
+
+Under ``DistributedDataParallel`` (W ranks) both take the DDP wrapper and score
+through the module inside it (stage names are that module's), with no DDP
+collective. Each rank keeps ``ceil(ratio * b)`` of its own batch of b, so every rank
+takes the same steps. A linear exit head averages its gradients over the ranks
+before each step (one all-reduce per batch): zero-initialised alike, the heads stay
+bitwise identical, so SIFT's whole state is the same on every rank. RandomKeep's
+generator is seeded alike on every rank: each rank keeps the same positions of its
+own (different) batch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from sievetrain.distributed import unwrap
 from sievetrain.losses import sample_entropies, sample_losses
 from sievetrain.options import Options, RunContext, as_int, option
 from sievetrain.rng import make_generator
 from sievetrain.scoring import scoring_mode
-from sievetrain.selection.base import Selector
+from sievetrain.selection.base import Selector, keep_count
 from sievetrain.selection.early_exit import EarlyExit, ExitHead, check_exit, exit_stage
 
 __all__ = [
@@ -32,16 +41,6 @@ __all__ = [
     "keep_count",
     "select_top_k",
 ]
-
-
-def keep_count(batch: int, ratio: float) -> int:
-    """Samples kept of a batch: ``ceil(ratio * batch)``, at least 1 for a non-empty batch.
-
-    ``ratio * batch`` is rounded to 9 decimals first, so that a product that is an
-    integer on paper (0.3 * 10 = 3.0000000000000004 in floating point) is not
-    rounded up past it.
-    """
-    return min(batch, max(math.ceil(round(ratio * batch, 9)), 1 if batch else 0))
 
 
 def select_top_k(scores: Tensor, k: int) -> Tensor:
@@ -124,6 +123,11 @@ class SIFT(Selector):
 
     The exit is attached to the model on the first :meth:`select`; call
     :meth:`remove` to take it off.
+
+    Under DDP, :meth:`select` and :meth:`score` take the wrapper and run the exit on
+    the module inside it. A linear head's gradients are averaged over the ranks, so
+    the head, ``steps`` and ``samples_scored`` (with equal local batch sizes) are the
+    same on every rank and rank 0's :meth:`state_dict` resumes every rank.
     """
 
     def __init__(
@@ -139,7 +143,8 @@ class SIFT(Selector):
         self._pending_exit_state: dict[str, Any] | None = None
 
     def attach(self, model: nn.Module) -> EarlyExit:
-        """The exit on ``model``, attached on first use."""
+        """The exit on ``model`` (the module inside a DDP wrapper), attached on first use."""
+        model = unwrap(model)
         if self.exit is None:
             o = self.options
             self.exit = EarlyExit(
@@ -163,7 +168,9 @@ class SIFT(Selector):
 
     def score(self, model: nn.Module, x: Tensor, y: Tensor, *, train_head: bool = False) -> Tensor:
         """Exit score of each sample, shape (B,); higher means keep. A linear exit
-        head learns from the batch only when ``train_head`` (as in :meth:`select`)."""
+        head learns from the batch only when ``train_head`` (as in :meth:`select`;
+        then, under DDP, every rank must call it)."""
+        model = unwrap(model)  # the scoring pass runs no DDP collective
         with scoring_mode(model):
             logits = self.attach(model).logits(model, x, y, train_head=train_head)
         score_fn = sample_losses if self.options.score == "loss" else sample_entropies
@@ -202,6 +209,11 @@ class RandomKeep(Selector):
     Args:
         ratio: fraction kept, in (0, 1] (:class:`RandomKeepOptions`).
         seed: seeds the owned generator (the global RNG is never read).
+
+    The model is not read, so a DDP wrapper is as good as any. Under DDP give every
+    rank the same ``seed``: the generators then stay identical, each rank keeps the
+    same count (and positions) of its own batch, and rank 0's :meth:`state_dict`
+    resumes every rank.
     """
 
     def __init__(self, ratio: float = RandomKeepOptions.ratio, *, seed: int = 0) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sievetrain.distributed import all_reduce
 from sievetrain.losses import flatten_targets, sample_losses
 from sievetrain.scoring import scoring_mode
 from sievetrain.selection.base import Selector
@@ -23,7 +24,10 @@ RANK_BATCHES = 8  # held-out batches on which a selector's ranking is measured e
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device) -> dict[str, float]:
     """Accuracy (fraction of predicted targets), mean cross-entropy and mean
     normalized prediction entropy (0 = confident, 1 = uniform) of ``model`` in
-    evaluation mode over ``batches`` of ``(x, y, idx)``."""
+    evaluation mode over ``batches`` of ``(x, y, idx)``.
+
+    Under a process group each rank passes its shard of the test set: the sums are
+    all-reduced, so every rank returns the figures of the whole set."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
@@ -36,10 +40,13 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device) -> dict[
         entropy_sum += normalized_entropy(logits).sum()
         correct += (logits.argmax(dim=1) == y).sum()
         n += len(y)
+    # float64 holds the float32 sums and the counts exactly: one collective for all four
+    totals = torch.stack([correct.double(), loss_sum.double(), entropy_sum.double()]).cpu()
+    correct_, loss_, entropy_, n_ = all_reduce(torch.cat([totals, totals.new_tensor([n])]))
     return {
-        "test_accuracy": correct.item() / n,
-        "test_loss": loss_sum.item() / n,
-        "test_entropy": entropy_sum.item() / n,
+        "test_accuracy": correct_.item() / n_.item(),
+        "test_loss": loss_.item() / n_.item(),
+        "test_entropy": entropy_.item() / n_.item(),
     }
 
 

@@ -1,31 +1,8 @@
-"""Two helpers of the training loop: the queue that gathers a selector's kept samples
-into full batches, and the per-epoch progress bar."""
+"""The training loop's per-epoch progress bar."""
 
 from __future__ import annotations
 
-import torch
-
-__all__ = ["PendingSamples", "ProgressBar"]
-
-
-class PendingSamples:
-    """Kept samples waiting to fill a full batch: ``(x, y, idx)`` chunks in order."""
-
-    def __init__(self) -> None:
-        self.chunks: list[tuple[torch.Tensor, ...]] = []
-
-    def __len__(self) -> int:
-        return sum(len(chunk[1]) for chunk in self.chunks)
-
-    def add(self, *chunk: torch.Tensor) -> None:
-        if len(chunk[1]):
-            self.chunks.append(chunk)
-
-    def take(self, n: int) -> tuple[torch.Tensor, ...]:
-        """The first ``n`` pending samples, removed from the queue."""
-        joined = [torch.cat(parts) for parts in zip(*self.chunks, strict=True)]
-        self.chunks = [tuple(t[n:] for t in joined)] if len(joined[1]) > n else []
-        return tuple(t[:n] for t in joined)
+__all__ = ["ProgressBar"]
 
 
 class ProgressBar:

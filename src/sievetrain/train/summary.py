@@ -27,6 +27,7 @@ class RunSummary:
     samples_forwarded_fully: int  # whole forward passes, with or without gradients
     samples_backpropagated: int
     optimizer_steps: int
+    world_size: int  # ranks of the process group the run trained on (1: one process)
     coverage: float  # fraction of the training set seen at least once
     time_to_target_s: float | None  # training seconds until target accuracy, if reached
     final_exit_spearman: float | None  # selector score vs true loss rank correlation

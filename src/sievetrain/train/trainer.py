@@ -2,6 +2,12 @@
 
 Every second of a run is charged to a phase (see ``accounting.PHASES``) and every
 sample to a counter; evaluation runs off the training clock.
+
+Under a process group of W ranks (``torchrun``) the same loop runs on every rank:
+the model is wrapped in ``DistributedDataParallel``, ``config.batch_size`` is the
+global batch (B / W per rank), samplers shard by rank, the test set is sharded and
+its sums all-reduced, and the run's counters are merged over ranks after every
+epoch (see :mod:`sievetrain.train.parallel`), so every rank holds the job's figures.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,14 +23,27 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sievetrain.data import make_loader
+from sievetrain.distributed import unwrap, world
 from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.rng import derive_seed
 from sievetrain.sampling import CoverageTracker, EpochSampler, SoftRandomSampler
 from sievetrain.selection.base import KeepAll, Selector
 from sievetrain.train.accounting import Accounting
+from sievetrain.train.batches import selected_batches
 from sievetrain.train.config import TrainConfig
 from sievetrain.train.evaluation import evaluate, rank_correlation
-from sievetrain.train.progress import PendingSamples, ProgressBar
+from sievetrain.train.parallel import (
+    eval_shard,
+    local_batch_size,
+    mean_over_ranks,
+    merge_accounting,
+    merge_coverage,
+    snapshot,
+    sum_samples,
+    sync_buffers,
+    wrap_model,
+)
+from sievetrain.train.progress import ProgressBar
 from sievetrain.train.schedules import lr_multiplier
 from sievetrain.train.summary import RunSummary, time_to_target
 
@@ -52,6 +71,11 @@ class Trainer:
         seed: seeds the sampler default and torch's global stream during each
             epoch (forked, so the caller's global RNG state is left untouched).
         progress: show a progress bar; a string also names the run in it.
+
+    Under a process group, build the Trainer on every rank and call ``fit``,
+    ``evaluate``, ``summary`` and ``state_dict`` on every rank together (they run
+    collectives); ``state_dict()`` is the same on every rank and any rank's loads on
+    all. The model may be given plain or already in ``DistributedDataParallel``.
     """
 
     def __init__(
@@ -69,7 +93,10 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = torch.device(config.device)
-        self.model = model.to(self.device)
+        self.world_size = world()[0]
+        self.local_batch = local_batch_size(config.batch_size)  # this rank's share
+        self.model = wrap_model(model.to(self.device), self.device)
+        self.module = unwrap(self.model)  # scoring, evaluation and checkpoints use it
         self.optimizer = optimizer
         self.train_set = train_set
         self.sampler = (
@@ -78,9 +105,17 @@ class Trainer:
         self.selector = selector if selector is not None else KeepAll()
         self.seed = seed
         self.progress = progress
-        self.train_loader = make_loader(train_set, config.batch_size, sampler=self.sampler)
-        self.test_loader = make_loader(test_set, config.eval_batch_size)
-        self.rank_loader = make_loader(test_set, config.batch_size)  # training-sized batches
+        replicas = getattr(self.sampler, "num_replicas", self.world_size)
+        if replicas != self.world_size:
+            raise ValueError(
+                f"the sampler has num_replicas={replicas} but the process group has "
+                f"{self.world_size} ranks"
+            )
+        self.train_loader = make_loader(train_set, self.local_batch, sampler=self.sampler)
+        self.test_loader = make_loader(
+            test_set, config.eval_batch_size, sampler=eval_shard(len(test_set))
+        )
+        self.rank_loader = make_loader(test_set, self.local_batch)  # training-sized batches
         self.coverage = CoverageTracker(len(train_set))
         self.acct = Accounting(sync_device=self.device if self.device.type == "cuda" else None)
         self.history: list[dict[str, Any]] = []
@@ -107,8 +142,11 @@ class Trainer:
         self._warm_up()
         until = self.config.epochs if until is None else min(until, self.config.epochs)
         while self.epoch < until:
+            since = snapshot(self.acct)
             train_loss = self.train_epoch(self.epoch)
             metrics = self.evaluate()
+            merge_accounting(self.acct, since)  # the job's figures, on every rank
+            merge_coverage(self.coverage)
             self.history.append(
                 {
                     "epoch": self.epoch + 1,
@@ -148,49 +186,23 @@ class Trainer:
         with bar, torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(derive_seed(self.seed, "torch", epoch))
             self.model.train()
-            for x, y, idx in self._selected_batches(bar):
+            batches = selected_batches(
+                self.train_loader,
+                self.selector,
+                self.model,
+                self.device,
+                acct,
+                batch_size=self.local_batch,
+                on_loaded=bar.advance,
+            )
+            for x, y, idx in batches:
                 loss = self._step(x, y, idx)
                 with acct.phase("sampling"):  # coverage bookkeeping
                     self.coverage.update(idx)
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
-        return loss_sum.item() / seen if seen else None  # None: an epoch with no training
-
-    def _selected_batches(
-        self, bar: ProgressBar
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The epoch's batches after batch-level selection: what gets a forward and
-        backward pass. A selector that ``accumulates`` has its kept samples gathered
-        into full batches; the remainder comes last."""
-        acct = self.acct
-        size = self.config.batch_size
-        pending = PendingSamples() if self.selector.accumulates else None
-        batches = iter(self.train_loader)
-        while True:
-            with acct.phase("data"):
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                x, y, idx = batch
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, non_blocking=True)
-            with acct.phase("selection"):
-                keep = self.selector.select(self.model, x, y)
-                if keep is not None:
-                    x, y, idx = x[keep], y[keep], idx[keep.cpu()]
-                if pending is not None:
-                    pending.add(x, y, idx)
-            bar.advance()
-            if pending is None:
-                if len(y):
-                    yield x, y, idx
-                continue
-            while len(pending) >= size:
-                with acct.phase("selection"):
-                    batch = pending.take(size)
-                yield batch
-        if pending is not None and len(pending):
-            yield pending.take(len(pending))
+        sync_buffers(self.module)  # rank 0's running statistics on every rank
+        return mean_over_ranks(loss_sum, seen)  # None: an epoch with no training
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         acct = self.acct
@@ -230,9 +242,9 @@ class Trainer:
         all off the training clock."""
         self.acct._sync()
         start = time.perf_counter()
-        metrics: dict[str, float | None] = evaluate(self.model, self.test_loader, self.device)
+        metrics: dict[str, float | None] = evaluate(self.module, self.test_loader, self.device)
         metrics["exit_spearman"] = rank_correlation(
-            self.selector, self.model, self.rank_loader, self.device
+            self.selector, self.module, self.rank_loader, self.device
         )
         self.acct.eval_time_s += time.perf_counter() - start
         return metrics
@@ -243,7 +255,7 @@ class Trainer:
         """Final figures of the run."""
         acct = self.acct
         last = self.history[-1] if self.history else {}
-        selected = self.selector.stats()
+        selected = sum_samples(self.selector.stats())
         return RunSummary(
             final_test_accuracy=last.get("test_accuracy"),
             final_test_loss=last.get("test_loss"),
@@ -260,6 +272,7 @@ class Trainer:
             + selected.get("samples_forwarded_no_grad", 0),
             samples_backpropagated=acct.samples_backpropagated,
             optimizer_steps=acct.optimizer_steps,
+            world_size=self.world_size,
             coverage=self.coverage.fraction,
             time_to_target_s=time_to_target(self.history, self.config.target_accuracy),
             final_exit_spearman=last.get("exit_spearman"),
@@ -272,7 +285,7 @@ class Trainer:
         """Everything needed to continue the run exactly (on CPU, bitwise)."""
         return {
             "epoch": self.epoch,
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "selector": self.selector.state_dict(),
@@ -283,7 +296,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.selector.load_state_dict(state["selector"])
@@ -305,7 +318,7 @@ class Trainer:
         steps = 0
         for epoch in range(self.config.epochs):
             self.sampler.set_epoch(epoch)
-            steps += math.ceil(len(self.sampler) / self.config.batch_size)
+            steps += math.ceil(len(self.sampler) / self.local_batch)
         self.sampler.set_epoch(0)
         return steps
 
@@ -320,7 +333,7 @@ class Trainer:
         """One untimed forward and backward, so that one-time costs (allocations,
         kernel selection) stay off the training clock; the model is restored."""
         state = copy.deepcopy(self.model.state_dict())
-        x, y, _ = next(iter(make_loader(self.train_set, self.config.batch_size)))
+        x, y, _ = next(iter(make_loader(self.train_set, self.local_batch)))
         with torch.random.fork_rng(devices=self._rng_devices()):
             self.model.train()
             batch_loss(self.model(x.to(self.device)), y.to(self.device)).backward()
