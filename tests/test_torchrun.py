@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -31,10 +33,12 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
 def _torchrun(*args, timeout=180):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=timeout, env=_env()
+        [*TORCHRUN, *args], capture_output=True, text=True, timeout=timeout, env=_env()
     )
 
 
@@ -69,6 +73,39 @@ def test_bench_under_torchrun_writes_one_record_per_run_with_global_counts(tmp_p
     again = _torchrun("-m", "sievetrain", *BENCH, "--out", str(two), "--resume", "--quiet")
     assert again.returncode == 0, again.stderr[-3000:]
     assert _records(two) == records
+
+
+def test_a_killed_torchrun_bench_resumes_from_rank_0s_checkpoint_to_the_same_numbers(tmp_path):
+    bench = ["-m", "sievetrain", "bench", "--dataset", "mnist1d", "--train-size", "3000"]
+    bench += ["--test-size", "200", "--epochs", "4", "--batch-size", "64"]
+    bench += ["--methods", "full,srs:0.5", "--seeds", "0"]
+    clean, out = tmp_path / "clean", tmp_path / "killed"
+    assert _torchrun(*bench, "--out", str(clean), "--quiet").returncode == 0
+    job = subprocess.Popen(
+        [*TORCHRUN, *bench, "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
+    deadline = time.time() + 180
+    # Until the first run has finished and the second has checkpointed an epoch.
+    while time.time() < deadline and not (
+        (out / "results.jsonl").exists() and list((out / "checkpoints").glob("*.pt"))
+    ):
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)  # as a scheduler ends a job: torchrun kills its ranks
+    job.wait(timeout=60)
+    assert list((out / "checkpoints").glob("*.pt")), "the run in progress left a checkpoint"
+    assert len(_records(out)) == 1
+
+    resumed = _torchrun(*bench, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("srs:0.5 seed 0: resuming after epoch") == 1  # rank 0 alone
+    after, expected = _records(out), _records(clean)
+    for method in ("full", "srs:0.5"):
+        for key in ("test_accuracy", "test_loss", "train_loss", "coverage"):
+            got = [h[key] for h in after[method]["history"]]
+            assert got == [h[key] for h in expected[method]["history"]], (method, key)
 
 
 def test_bad_input_under_torchrun_stops_every_rank_with_exit_2(tmp_path):
