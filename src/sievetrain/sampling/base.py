@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sievetrain.options import as_int
 
-__all__ = ["EpochSampler", "PlanSampler", "as_int", "check_same_config", "shard"]
+__all__ = ["EpochSampler", "PlanSampler", "as_int", "check_ranks", "check_same_config", "shard"]
 
 
 def check_same_config(mine: dict, saved: dict) -> None:
@@ -39,6 +39,16 @@ def check_same_config(mine: dict, saved: dict) -> None:
     for key in sorted((mine.keys() | saved.keys()) - {"rank"}):
         if (ours := mine.get(key)) != (theirs := saved.get(key)):
             raise ValueError(f"state has {key}={theirs!r}, this sampler has {ours!r}")
+
+
+def check_ranks(num_replicas: object, rank: object, least: int, what: str = "") -> None:
+    """ValueError naming the bad value unless ``num_replicas >= 1``, ``0 <= rank <
+    num_replicas``, and the fewest samples an epoch can have (``least``) give every rank
+    one; ``what`` starts that last message (``"ratio 0.1: "``)."""
+    as_int("num_replicas", num_replicas, 1)
+    as_int("rank", rank, 0, num_replicas)
+    if least < num_replicas:
+        raise ValueError(f"{what}{least} samples < {num_replicas} ranks")
 
 
 def shard(order: torch.Tensor, num_replicas: int, rank: int) -> torch.Tensor:

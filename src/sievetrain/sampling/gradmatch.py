@@ -27,7 +27,13 @@ from torch.utils.data import Dataset
 from sievetrain import distributed
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import EpochSampler, as_int, check_same_config, shard
+from sievetrain.sampling.base import (
+    EpochSampler,
+    as_int,
+    check_ranks,
+    check_same_config,
+    shard,
+)
 from sievetrain.sampling.last_layer import scoring_block, shared_batch_gradients
 from sievetrain.sampling.omp import check_omp_options, nonnegative_omp
 from sievetrain.sampling.srs import batch_partition, selection_round, subset_size
@@ -148,10 +154,8 @@ class _Plan(GradMatchOptions):
         super().__post_init__()
         as_int("batch_size", self.batch_size, 1)
         as_int("n", self.n, self.batch_size)  # at least one full batch to choose
-        as_int("num_replicas", self.num_replicas, 1)
-        as_int("rank", self.rank, 0, self.num_replicas)
-        if (least := self.budget * self.batch_size) < self.num_replicas:
-            raise ValueError(f"ratio {self.ratio!r}: {least} samples < {self.num_replicas} ranks")
+        least = self.budget * self.batch_size
+        check_ranks(self.num_replicas, self.rank, least, f"ratio {self.ratio!r}: ")
         self.warm_start  # noqa: B018  (checks epochs)
 
     @functools.cached_property

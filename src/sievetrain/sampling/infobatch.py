@@ -26,7 +26,13 @@ from torch import Tensor
 from sievetrain.distributed import all_reduce, replicas, world
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import EpochSampler, as_int, check_same_config, shard
+from sievetrain.sampling.base import (
+    EpochSampler,
+    as_int,
+    check_ranks,
+    check_same_config,
+    shard,
+)
 from sievetrain.sampling.srs import soft_random_indices
 
 __all__ = ["InfoBatchOptions", "InfoBatchSampler", "annealing_start", "infobatch_plan"]
@@ -73,10 +79,7 @@ class _Plan(InfoBatchOptions):
         super().__post_init__()
         as_int("n", self.n, 1)
         as_int("epochs", self.epochs, 1)
-        as_int("num_replicas", self.num_replicas, 1)
-        as_int("rank", self.rank, 0, self.num_replicas)
-        if self.n < self.num_replicas:
-            raise ValueError(f"{self.n} samples < {self.num_replicas} ranks")
+        check_ranks(self.num_replicas, self.rank, self.n)
 
 
 def annealing_start(epochs: int, delta: float) -> int:

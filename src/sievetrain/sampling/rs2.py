@@ -20,7 +20,7 @@ import torch
 
 from sievetrain.distributed import replicas
 from sievetrain.options import Options, RunContext, option
-from sievetrain.sampling.base import PlanSampler, as_int, shard
+from sievetrain.sampling.base import PlanSampler, as_int, check_ranks, shard
 from sievetrain.sampling.srs import soft_random_indices, subset_size
 
 __all__ = ["FullOptions", "RS2Options", "RS2Sampler", "rs2_indices"]
@@ -96,10 +96,7 @@ class _RS2Plan(RS2Options):
     def __post_init__(self) -> None:
         super().__post_init__()
         size = subset_size(self.n, self.ratio)  # checks n, and that the epoch is not empty
-        as_int("num_replicas", self.num_replicas, 1)
-        as_int("rank", self.rank, 0, self.num_replicas)
-        if size < self.num_replicas:
-            raise ValueError(f"ratio {self.ratio!r}: {size} samples < {self.num_replicas} ranks")
+        check_ranks(self.num_replicas, self.rank, size, f"ratio {self.ratio!r}: ")
 
     @property
     def per_epoch(self) -> int:

@@ -12,7 +12,7 @@ import torch
 from sievetrain.distributed import replicas
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
-from sievetrain.sampling.base import PlanSampler, as_int, shard
+from sievetrain.sampling.base import PlanSampler, as_int, check_ranks, shard
 
 __all__ = [
     "SRSOptions",
@@ -103,17 +103,14 @@ class _Plan(SRSOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        subset_size(self.n, self.ratio)  # checks n
-        as_int("num_replicas", self.num_replicas, 1)
-        as_int("rank", self.rank, 0, self.num_replicas)
+        least = subset_size(self.n, self.ratio)  # checks n; fewest samples an epoch can have
+        as_int("num_replicas", self.num_replicas, 1)  # before units_per_round divides by it
         if self.granularity == "batch":
             as_int("batch_size (needed for granularity='batch')", self.batch_size, 1)
-        least = subset_size(self.n, self.ratio)  # fewest samples an epoch can have
-        if self.granularity == "batch":  # the short last batch chosen once (or k times, i.i.d.)
             k, last = self.units_per_round, self.n - (self.units - 1) * self.batch_size
+            # the short last batch chosen once (or k times, i.i.d.)
             least = k * last if self.within_epoch_replacement else (k - 1) * self.batch_size + last
-        if least < self.num_replicas:
-            raise ValueError(f"ratio {self.ratio!r}: {least} samples < {self.num_replicas} ranks")
+        check_ranks(self.num_replicas, self.rank, least, f"ratio {self.ratio!r}: ")
 
     @property
     def units(self) -> int:
