@@ -34,8 +34,11 @@ def check_same_config(mine: dict, saved: dict) -> None:
     """Raise ValueError naming the first key where a saved config differs from ours.
 
     ``rank`` is not compared: frameworks save one rank's state and every rank loads it
-    (ranks run in lockstep, so rank 0's position is every rank's). ``num_replicas`` is.
+    (ranks run in lockstep, so rank 0's position is every rank's). ``num_replicas`` is;
+    a saved config without it comes from before ranks existed: one process.
     """
+    if "num_replicas" in mine:
+        saved = {"num_replicas": 1, **saved}
     for key in sorted((mine.keys() | saved.keys()) - {"rank"}):
         if (ours := mine.get(key)) != (theirs := saved.get(key)):
             raise ValueError(f"state has {key}={theirs!r}, this sampler has {ours!r}")

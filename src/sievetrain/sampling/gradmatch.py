@@ -7,7 +7,7 @@ This is the coreset baseline Soft Random Sampling is measured against.
 
 Functional core: :func:`~sievetrain.sampling.last_layer.shared_batch_gradients`
 (closed form, split over ranks), :func:`~sievetrain.sampling.omp.nonnegative_omp`,
-:func:`warm_start_schedule`, :func:`gradmatch_select`, :func:`shard`. Stateful
+:func:`warm_start_schedule`, :func:`gradmatch_select`. Stateful
 wrapper: :class:`GradMatchSampler`.
 """
 
@@ -43,7 +43,6 @@ __all__ = [
     "GradMatchOptions",
     "GradMatchSampler",
     "gradmatch_select",
-    "shard",
     "warm_start_schedule",
 ]
 
@@ -133,10 +132,6 @@ def gradmatch_select(
     batches = torch.cat([picked, fill])
     weights = torch.cat([weights, weights.new_ones(len(fill))])
     return batches, weights, len(picked)
-
-
-# A config saved before GRAD-MATCH knew ranks is a single-process one.
-_SINGLE_PROCESS = {"num_replicas": 1, "rank": 0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,8 +359,7 @@ class GradMatchSampler(EpochSampler):
         log's seconds are the saving rank's); a state saved before GRAD-MATCH knew
         ranks is a single-process one.
         """
-        saved = _SINGLE_PROCESS | state["config"]
-        check_same_config(self.config, saved)
+        check_same_config(self.config, state["config"])
         self._set_subset(state["round"], state["batches"].clone(), state["batch_weights"].clone())
         self.selections = [dict(s) for s in state["selections"]]
         self.load_position(state["epoch"], state["position"])

@@ -304,7 +304,7 @@ class InfoBatchSampler(EpochSampler):
         Raises:
             ValueError: the saved config differs from this sampler's, or the state is invalid.
         """
-        check_same_config(self.config, {"num_replicas": 1, **state["config"]})
+        check_same_config(self.config, state["config"])
         scores = state["scores"]
         if tuple(scores.shape) != (self._plan.n,):
             raise ValueError(

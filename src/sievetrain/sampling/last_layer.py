@@ -124,7 +124,7 @@ def shared_batch_gradients(
         )
     block = scoring_block(len(batches), num_replicas=num_replicas, rank=rank)
     mine = batch_gradients(model, dataset, [batches[b] for b in block], layer=layer)  # (d, k)
-    per = -(-len(batches) // num_replicas)
+    per = len(scoring_block(len(batches), num_replicas=num_replicas, rank=0))  # the longest
     padded = torch.cat([mine.T, mine.new_zeros(per - len(block), mine.shape[0])])  # (per, d)
     # Blocks are in batch order and only trailing ranks are short: the padding is at the end.
     return distributed.all_gather(padded)[: len(batches)].T.contiguous()  # (d, B)

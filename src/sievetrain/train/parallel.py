@@ -76,7 +76,8 @@ def sync_buffers(model: nn.Module) -> None:
     broadcast_tensors(list(model.buffers()))
 
 
-def _figures(acct: Accounting) -> dict[str, float]:
+def snapshot(acct: Accounting) -> dict[str, float]:
+    """The figures :func:`merge_accounting` later merges the change of."""
     figures = {name: float(getattr(acct, name)) for name in (*_ADDED, *_SLOWEST)}
     figures.update({f"time_s.{k}": v for k, v in acct.time_s.items()})
     figures.update({f"cpu_s.{k}": v for k, v in acct.cpu_s.items()})
@@ -84,17 +85,12 @@ def _figures(acct: Accounting) -> dict[str, float]:
     return figures
 
 
-def snapshot(acct: Accounting) -> dict[str, float]:
-    """The figures :func:`merge_accounting` later merges the change of."""
-    return _figures(acct)
-
-
 def merge_accounting(acct: Accounting, since: dict[str, float]) -> None:
     """Replace each figure's change since ``since`` by the change over all ranks (the
     sum, or for wall times and steps the maximum); a no-op on one process."""
     if world()[0] == 1:
         return
-    now = _figures(acct)
+    now = snapshot(acct)
     names = sorted(now)
     added = [n for n in names if n in _ADDED or n.startswith("cpu_s.")]
     slowest = [n for n in names if n not in added]
