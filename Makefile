@@ -26,8 +26,9 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The tests cover the framework integrations too, so the dev set-up has their extras.
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,lightning,hf]'
 	touch $@
 
 demo: $(VENV)/.base
@@ -37,8 +38,8 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) sievetrain-bench sievetrain-train

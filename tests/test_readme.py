@@ -109,3 +109,28 @@ def test_the_data_parallel_loop_runs_under_torchrun(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} of 2: 600 samples an epoch, in sync: True" in ran.stdout
+
+
+def excerpt_blocks() -> list[tuple[str, list[str]]]:
+    """Every ```py block of the README: an excerpt of a script, named by its first line
+    (``# examples/NAME.py``), with its other lines."""
+    text = README.read_text()
+    blocks = [m.group(1).splitlines() for m in re.finditer(r"```py\n(.*?)```", text, flags=re.S)]
+    return [(lines[0].removeprefix("# ").split()[0], lines[1:]) for lines in blocks]
+
+
+def test_the_framework_excerpts_are_the_tested_example_scripts_lines():
+    """The framework recipes in the README are lines of the example scripts (which the
+    integration tests run), in the scripts' order; a line ``...`` skips lines."""
+    blocks = excerpt_blocks()
+    assert {path for path, _ in blocks} >= {
+        "examples/lightning_fashion_mnist.py",
+        "examples/hf_shakespeare_mlm.py",
+        "examples/accelerate_mnist1d.py",
+    }
+    for path, lines in blocks:
+        script = iter((README.parent / path).read_text().splitlines())
+        for line in lines:
+            if line.strip() in ("", "..."):
+                continue
+            assert any(s == line for s in script), f"{path} has no line {line!r} here"

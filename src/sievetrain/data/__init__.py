@@ -7,7 +7,7 @@ from sievetrain.data.datasets import (
     load_fashion_mnist,
     load_mnist1d,
 )
-from sievetrain.data.loader import BatchLoader, make_loader
+from sievetrain.data.loader import BatchLoader, IndexedDataset, make_loader
 from sievetrain.data.shakespeare import IGNORE_INDEX, VOCAB_SIZE, load_shakespeare, mask_tokens
 from sievetrain.data.split import DataSplit
 
@@ -17,6 +17,7 @@ __all__ = [
     "VOCAB_SIZE",
     "BatchLoader",
     "DataSplit",
+    "IndexedDataset",
     "cache_dir",
     "load_dataset",
     "load_fashion_mnist",

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from sievetrain.rng import make_generator
 
-__all__ = ["BatchLoader", "make_loader"]
+__all__ = ["BatchLoader", "IndexedDataset", "make_loader"]
 
 
 class BatchLoader:
@@ -80,15 +80,22 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-class _IndexedDataset(Dataset):
-    """Wraps a map-style dataset of ``(x, y)`` so items are ``(x, y, index)``."""
+class IndexedDataset(Dataset):
+    """A map-style dataset whose items carry their index: a tuple item ``(x, y)`` becomes
+    ``(x, y, index)``, a dict item gains the key ``"idx"``.
+
+    Selection methods need each sample's dataset index (InfoBatch remembers its loss,
+    coverage counts it); a framework's loader over this dataset yields it with the batch.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
-        x, y = self.dataset[index]
-        return x, y, index
+    def __getitem__(self, index: int) -> tuple[Any, ...] | dict[str, Any]:
+        item = self.dataset[index]
+        if isinstance(item, dict):
+            return {**item, "idx": index}
+        return (*item, index)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -120,7 +127,7 @@ def make_loader(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     return DataLoader(
-        _IndexedDataset(dataset),
+        IndexedDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,  # None -> SequentialSampler, since shuffle=False
         drop_last=drop_last,

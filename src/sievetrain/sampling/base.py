@@ -143,6 +143,11 @@ class EpochSampler(DistributedSampler[int]):
             return self._start
         return len(self) - operator.length_hint(self._iterator)  # exact for list iterators
 
+    @property
+    def next_start(self) -> int:
+        """Where the next ``__iter__`` starts: the loaded resume point, else 0."""
+        return self._start if self._resume else 0
+
     def epoch_indices(self) -> torch.Tensor:
         """All of this rank's indices for the current epoch, in order (ignores the position)."""
         return self._indices().clone()
