@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -115,3 +118,20 @@ def test_bad_input_names_the_value():
         _loader().load_state_dict({**_loader().state_dict(), "position": -1})
     with pytest.raises(ValueError, match="ratio"):
         _loader().load_state_dict({**SoftRandomSampler(N, 0.4, seed=0).state_dict(), "position": 0})
+
+
+@pytest.mark.parametrize(
+    ("module", "framework", "extra"),
+    [
+        ("lightning", "lightning", "lightning"),
+        ("hf", "transformers", "hf"),
+        ("accelerate", "accelerate", "hf"),
+    ],
+)
+def test_a_framework_module_without_its_framework_names_the_extra(
+    monkeypatch, module, framework, extra
+):
+    monkeypatch.setitem(sys.modules, framework, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, f"sievetrain.integrations.{module}", raising=False)
+    with pytest.raises(ImportError, match=rf"pip install 'sievetrain\[{extra}\]'"):
+        importlib.import_module(f"sievetrain.integrations.{module}")

@@ -14,4 +14,13 @@ Each framework module imports its framework; this package imports none.
 
 from sievetrain.integrations.loader import ResumableLoader
 
-__all__ = ["ResumableLoader"]
+__all__ = ["ResumableLoader", "missing_extra"]
+
+
+def missing_extra(module: str, extra: str) -> str:
+    """The message of the ImportError a framework module raises when its framework is
+    not installed."""
+    return (
+        f"sievetrain.integrations.{module} needs a framework that is not installed: "
+        f"pip install 'sievetrain[{extra}]'"
+    )

@@ -34,15 +34,20 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import torch
-from accelerate import Accelerator
-from accelerate.data_loader import DataLoaderStateMixin
-from accelerate.state import GradientState, PartialState
-from accelerate.utils import ProjectConfiguration, send_to_device
 from torch.utils.data import Dataset
 
 from sievetrain.files import atomic_torch_save, load_torch
+from sievetrain.integrations import missing_extra
 from sievetrain.integrations.loader import ResumableLoader
 from sievetrain.sampling.base import EpochSampler
+
+try:
+    from accelerate import Accelerator
+    from accelerate.data_loader import DataLoaderStateMixin
+    from accelerate.state import GradientState, PartialState
+    from accelerate.utils import ProjectConfiguration, send_to_device
+except ImportError as error:  # the optional extra is not installed
+    raise ImportError(missing_extra("accelerate", "hf")) from error
 
 __all__ = ["STATE_FILE", "AcceleratedLoader", "prepare_loader", "register_for_checkpointing"]
 

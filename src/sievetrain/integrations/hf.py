@@ -29,15 +29,20 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sievetrain.files import atomic_torch_save, load_torch
+from sievetrain.integrations import missing_extra
 from sievetrain.integrations.loader import ResumableLoader
 from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.sampling import SoftRandomSampler
 from sievetrain.sampling.base import EpochSampler
 from sievetrain.selection.base import Selector
+
+try:
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+except ImportError as error:  # the optional extra is not installed
+    raise ImportError(missing_extra("hf", "hf")) from error
 
 __all__ = ["STATE_FILE", "SieveTrainer"]
 

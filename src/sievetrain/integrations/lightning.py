@@ -39,15 +39,20 @@ import os
 import re
 from typing import Any
 
-import lightning
-from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
 from sievetrain.data import IndexedDataset
+from sievetrain.integrations import missing_extra
 from sievetrain.integrations.loader import ResumableLoader
 from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.sampling.base import EpochSampler
 from sievetrain.selection.base import KeepAll, Selector
+
+try:
+    import lightning
+    from lightning.pytorch import Callback, LightningModule, Trainer
+except ImportError as error:  # the optional extra is not installed
+    raise ImportError(missing_extra("lightning", "lightning")) from error
 
 __all__ = ["MIN_LIGHTNING", "Sieve"]
 
