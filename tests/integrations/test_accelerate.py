@@ -246,6 +246,7 @@ def test_bad_arguments_are_refused_naming_the_value(make_accelerator):
         register_for_checkpointing(accelerator, SIFT(0.5), nn.Linear(2, 2).weight)
 
 
+@pytest.mark.slow  # like the other examples' runs: CI runs it after the default suite
 def test_the_example_learns_in_one_process():
     out = _launch(1, "examples/accelerate_mnist1d.py", "--epochs", "10")
     accuracy, samples = re.search(

@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from sievetrain.files import atomic_torch_save, load_torch
 from sievetrain.integrations import missing_extra
 from sievetrain.integrations.loader import ResumableLoader
-from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.sampling import SoftRandomSampler
 from sievetrain.sampling.base import EpochSampler
 from sievetrain.selection.base import Selector
@@ -168,7 +167,7 @@ class SieveTrainer(Trainer):
             labels, idx = labels[keep], idx[keep]
         outputs = model(**inputs)
         self.samples_backpropagated += len(labels)
-        loss = self._loss(outputs.logits, labels, idx)
+        loss = self.sampler.loss(outputs.logits, labels, idx)
         return (loss, outputs) if return_outputs else loss
 
     def _select(self, x: Tensor, labels: Tensor) -> Tensor | None:
@@ -178,15 +177,6 @@ class SieveTrainer(Trainer):
             self.selector.set_epoch(self.sampler.epoch)
         # The plain model, not the DDP wrapper: a scoring pass runs no DDP collective.
         return self.selector.select(_Logits(self.model, self.input_key), x, labels)
-
-    def _loss(self, logits: Tensor, labels: Tensor, idx: Tensor) -> Tensor:
-        weight = self.sampler.sample_weights(idx)
-        weight = None if weight is None else weight.to(logits.device)
-        if not getattr(self.sampler, "observes_losses", False):
-            return batch_loss(logits, labels, weight)  # a coreset's weights: a weighted mean
-        losses = sample_losses(logits, labels)  # (B,)
-        self.sampler.observe_losses(idx, losses.detach())
-        return (losses if weight is None else losses * weight.to(losses.dtype)).mean()
 
     def _count_batch(self) -> None:
         """Count the batches trained in the sampler's epoch (the checkpoint's position)."""

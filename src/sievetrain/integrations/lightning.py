@@ -44,7 +44,6 @@ from torch import Tensor, nn
 from sievetrain.data import IndexedDataset
 from sievetrain.integrations import missing_extra
 from sievetrain.integrations.loader import ResumableLoader
-from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.sampling.base import EpochSampler
 from sievetrain.selection.base import KeepAll, Selector
 
@@ -133,11 +132,9 @@ class Sieve(Callback):
         return x[keep], y[keep], idx[keep.to(idx.device)]
 
     def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
-        """The batch's training loss: cross-entropy with the sampler's weights.
-
-        A coreset's weights (GRAD-MATCH) give the weighted mean ``sum(w * l) / sum(w)``;
-        InfoBatch gets each sample's loss (``observe_losses``) and its weights give
-        ``mean(w * l)``, as sievetrain's own trainer computes it.
+        """The batch's training loss, the sampler's ``loss`` (as sievetrain's own trainer
+        computes it): cross-entropy with the sampler's weights, a weighted mean for a
+        coreset (GRAD-MATCH), ``mean(w * l)`` for InfoBatch, which it feeds the losses.
 
         Raises:
             ValueError: the batch is empty. Selective Backprop may keep no sample of a
@@ -150,16 +147,8 @@ class Sieve(Callback):
                 "no sample to train (the selector kept none): return None from "
                 "training_step when len(y) == 0: Lightning then trains nothing on this batch"
             )
-        sampler = self.sampler
-        weight = sampler.sample_weights(idx.cpu())  # (B,) on the CPU, or None: all equal
-        if weight is not None:
-            weight = weight.to(logits.device)
         self.samples_backpropagated += len(y)
-        if not getattr(sampler, "observes_losses", False):
-            return batch_loss(logits, y, weight)
-        losses = sample_losses(logits, y)  # (B,)
-        sampler.observe_losses(idx, losses.detach())
-        return (losses if weight is None else losses * weight.to(losses.dtype)).mean()
+        return self.sampler.loss(logits, y, idx)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._trainer, self._loader = trainer, _train_loader(trainer)

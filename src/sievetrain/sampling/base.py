@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.options import as_int
 
 __all__ = ["EpochSampler", "PlanSampler", "as_int", "check_ranks", "check_same_config", "shard"]
@@ -81,6 +82,7 @@ class EpochSampler(DistributedSampler[int]):
     ``self._plan``.
     """
 
+    observes_losses: ClassVar[bool] = False  # True: loss() feeds observe_losses (InfoBatch)
     shuffle = True  # every epoch's order is a fresh random one
     drop_last = True  # lockstep: every rank yields the same count, a short global tail is dropped
 
@@ -115,6 +117,24 @@ class EpochSampler(DistributedSampler[int]):
     def sample_weights(self, idx: Tensor) -> Tensor | None:
         """Loss weight of each dataset index in ``idx``; None (the default): all equal."""
         return None
+
+    def loss(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        """The training loss of a batch drawn from this sampler: the cross-entropy of
+        ``logits`` for targets ``y``, weighted by ``sample_weights(idx)``.
+
+        Weights give a weighted mean (a coreset's). A sampler that ``observes_losses``
+        (InfoBatch) is fed each sample's loss (``observe_losses``), and its weights scale
+        the per-sample mean: ``mean(w * l)``, divided by the batch size, not by the
+        weights' sum. ``idx`` may be on any device.
+        """
+        weight = self.sample_weights(idx.cpu())  # (B,) on the CPU, or None: all equal
+        if weight is not None:
+            weight = weight.to(logits.device, non_blocking=True)
+        if not self.observes_losses:
+            return batch_loss(logits, y, weight)
+        losses = sample_losses(logits, y)  # (B,)
+        self.observe_losses(idx, losses.detach())
+        return (losses if weight is None else losses * weight.to(losses.dtype)).mean()
 
     def stats(self) -> dict:
         """Figures for the run's results (e.g. selection time); none by default."""

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from sievetrain.data import make_loader
 from sievetrain.distributed import unwrap, world
-from sievetrain.losses import batch_loss, sample_losses
+from sievetrain.losses import batch_loss
 from sievetrain.rng import derive_seed
 from sievetrain.sampling import CoverageTracker, EpochSampler, SoftRandomSampler
 from sievetrain.selection.base import KeepAll, Selector
@@ -121,7 +121,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # the next epoch to run
         self._base_lrs = [group["lr"] for group in optimizer.param_groups]
-        if config.schedule_unit == "step" and getattr(self.sampler, "observes_losses", False):
+        if config.schedule_unit == "step" and self.sampler.observes_losses:
             raise ValueError(
                 f"schedule_unit='step' needs every epoch's length up front, and "
                 f"{type(self.sampler).__name__}'s depend on the losses: use schedule_unit='epoch'"
@@ -208,11 +208,8 @@ class Trainer:
         acct = self.acct
         if self.config.schedule_unit == "step":
             self._set_lr(acct.optimizer_steps / max(self._total_steps, 1))
-        with acct.phase("forward"):
-            weight = self.sampler.sample_weights(idx)  # the sampler's loss weights, or None
-            if weight is not None:
-                weight = weight.to(self.device, non_blocking=True)
-            loss = self._loss(self.model(x), y, idx, weight)
+        with acct.phase("forward"):  # the sampler weights the loss (and InfoBatch observes it)
+            loss = self.sampler.loss(self.model(x), y, idx)
         with acct.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -222,18 +219,6 @@ class Trainer:
         acct.samples_backpropagated += len(y)
         acct.optimizer_steps += 1
         return loss
-
-    def _loss(
-        self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The batch's loss. A sampler that ``observes_losses`` (InfoBatch) gets each
-        sample's loss from this forward pass, and its weights rescale the per-sample
-        mean (``mean(w * l)``: divided by the batch size, not by the weights' sum)."""
-        if not getattr(self.sampler, "observes_losses", False):
-            return batch_loss(logits, y, weight)  # a coreset's weights: a weighted mean
-        losses = sample_losses(logits, y)
-        self.sampler.observe_losses(idx, losses.detach())
-        return (losses if weight is None else losses * weight.to(losses.dtype)).mean()
 
     def evaluate(self) -> dict[str, float | None]:
         """Test accuracy, loss and prediction entropy (see
