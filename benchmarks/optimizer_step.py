@@ -1,13 +1,15 @@
-"""Cost of one optimizer step: StochGradAdam against torch.optim.Adam(foreach=True).
+"""Cost of one optimizer step: StochGradAdam, fused and unfused, against
+torch.optim.Adam's fused and foreach steps.
 
 Time: the optimizers step in turn on the same parameters and gradients, each
 repeat timing a block of steps of every optimizer, so all see the same machine
-conditions; the figure is the median over repeats of the per-step time and of
-its ratio to Adam's. Memory: each optimizer runs in a fresh process on 256 MB of
-parameters (single tensors far above malloc's mmap threshold, so freed memory
-goes back to the OS); the process's peak resident memory is reset right before
-one step and read right after, and the transient is the peak minus the resident
-memory before the step, in units of the parameters' size.
+conditions; the figure is the median over repeats of the per-step time and of its
+ratio to Adam(fused=True)'s, at 1 and at 2 threads (torch.set_num_threads).
+Memory: each optimizer runs in a fresh process on 256 MB of parameters (single
+tensors far above malloc's mmap threshold, so freed memory goes back to the OS);
+the process's peak resident memory is reset right before one step and read right
+after, and the transient is the peak minus the resident memory before the step,
+in units of the parameters' size.
 
     python benchmarks/optimizer_step.py
 """
@@ -27,41 +29,42 @@ import torch
 
 from sievetrain.files import atomic_write_text
 from sievetrain.models import build_model
-from sievetrain.optim import StochGradAdam, draw_masks
+from sievetrain.optim import StochGradAdam, fused
 from sievetrain.train import environment
 
+REFERENCE = "Adam, fused (reference)"
 OPTIMIZERS = {
-    "Adam, foreach (reference)": lambda p: torch.optim.Adam(p, foreach=True),
-    "Adam, per-tensor": lambda p: torch.optim.Adam(p, foreach=False),
-    "StochGradAdam 0.8, foreach": lambda p: StochGradAdam(p, sampling_rate=0.8, seed=0),
-    "StochGradAdam 0.8, per-tensor": lambda p: StochGradAdam(
-        p, sampling_rate=0.8, foreach=False, seed=0
+    REFERENCE: lambda p: torch.optim.Adam(p, fused=True),
+    "Adam, foreach": lambda p: torch.optim.Adam(p, foreach=True),
+    "StochGradAdam 0.8, fused": lambda p: StochGradAdam(p, sampling_rate=0.8, seed=0, fused=True),
+    "StochGradAdam 0.8, unfused (foreach)": lambda p: StochGradAdam(
+        p, sampling_rate=0.8, seed=0, fused=False
     ),
-    "StochGradAdam 0.5, foreach": lambda p: StochGradAdam(p, sampling_rate=0.5, seed=0),
-    "StochGradAdam 0.8, foreach, mask=tensor": lambda p: StochGradAdam(p, mask="tensor", seed=0),
-    "StochGradAdam 0.8, foreach, masked_state=freeze": lambda p: StochGradAdam(
-        p, masked_state="freeze", seed=0
+    "StochGradAdam 0.5, fused": lambda p: StochGradAdam(p, sampling_rate=0.5, seed=0, fused=True),
+    "StochGradAdam 0.8, fused, mask=tensor": lambda p: StochGradAdam(
+        p, mask="tensor", seed=0, fused=True
+    ),
+    "StochGradAdam 0.8, fused, masked_state=freeze": lambda p: StochGradAdam(
+        p, masked_state="freeze", seed=0, fused=True
     ),
 }
-REFERENCE = "Adam, foreach (reference)"
-MASK_DRAW = "draw_masks alone (rate 0.8, element)"
+THREADS = (1, 2)
 
 
 def parameter_sets() -> dict[str, list[torch.Tensor]]:
-    """Parameters (with gradients) of the reference CNN, the residual CNN and a
-    4M-parameter block where memory bandwidth rather than per-op overhead rules."""
-    sets = {}
+    """The reference CNN's parameters (many small tensors: per-call overhead rules),
+    a 4.2M-parameter block in 2 tensors and 25M in 100 (memory bandwidth rules)."""
     torch.manual_seed(0)
-    for name in ("fashion-cnn", "resnet8"):
-        model = build_model(name, num_classes=10, input_shape=(1, 28, 28))
-        sets[name] = [p.detach().clone() for p in model.parameters()]
-    sets["4M block (2 x 2048x1024)"] = [torch.randn(2048, 1024) * 0.02 for _ in range(2)]
-    return sets
+    model = build_model("fashion-cnn", num_classes=10, input_shape=(1, 28, 28))
+    return {
+        "fashion-cnn": [p.detach().clone() for p in model.parameters()],
+        "4.2M block (2 x 2048x1024)": [torch.randn(2048, 1024) * 0.02 for _ in range(2)],
+        "25M in 100 tensors (100 x 250,000)": [torch.randn(250_000) * 0.02 for _ in range(100)],
+    }
 
 
 def time_steps(params: list[torch.Tensor], repeats: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of every optimizer, and of drawing StochGradAdam's masks
-    alone (the part of its step that Adam does not do), one value per repeat."""
+    """Seconds per step of every optimizer, one value per repeat."""
     calls = {}
     for name, make in OPTIMIZERS.items():
         copy = [torch.nn.Parameter(p.clone()) for p in params]
@@ -70,10 +73,6 @@ def time_steps(params: list[torch.Tensor], repeats: int, steps: int) -> dict[str
         optimizer = make(copy)
         optimizer.step()  # state allocated outside the timed block
         calls[name] = optimizer.step
-    generator = torch.Generator().manual_seed(0)
-    calls[MASK_DRAW] = lambda: draw_masks(
-        params, 0.8, mask="element", generator_for=lambda device: generator
-    )
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
@@ -117,32 +116,44 @@ def main() -> None:
         print(json.dumps(measure_memory(args.measure_memory)))
         return
 
+    fused.kernel()  # built (or found in the cache) before anything is timed
+    uptime = Path("/proc/loadavg").read_text().split()[:3]
     lines = [
         "# Optimizer step cost: StochGradAdam against Adam",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/optimizer_step.py', *sys.argv[1:]])}`",
         "",
-        f"Median over {args.repeats} interleaved repeats of {args.steps} steps each; "
-        "ratio = step time / the reference's, computed per repeat, then the median.",
+        f"Median over {args.repeats} interleaved repeats of blocks of {args.steps} steps "
+        "(fewer for the large sets); ratio = step time / Adam(fused=True)'s, computed per "
+        f"repeat, then the median. Load average before the run: {', '.join(uptime)}.",
         "",
     ]
     for set_name, params in parameter_sets().items():
         numel = sum(p.numel() for p in params)
-        times = time_steps(params, args.repeats, args.steps)
+        by_threads = {}
+        for threads in THREADS:
+            torch.set_num_threads(threads)
+            steps = max(1, round(args.steps * min(1.0, 4e6 / numel)))  # big sets: fewer
+            by_threads[threads] = time_steps(params, args.repeats, steps)
         lines += [
             f"## {set_name}: {numel:,} parameters in {len(params)} tensors",
             "",
-            "| optimizer | step time (µs) | ratio to Adam foreach's step |",
-            "|---|---|---|",
+            "| optimizer | "
+            + " | ".join(f"{t} thread{'s' * (t > 1)}: µs, ratio to Adam fused" for t in THREADS)
+            + " |",
+            "|---|" + "---|" * len(THREADS),
         ]
-        for name, values in times.items():
-            ratios = [t / r for t, r in zip(values, times[REFERENCE], strict=True)]
-            lines.append(
-                f"| {name} | {1e6 * statistics.median(values):,.0f} | "
-                f"{statistics.median(ratios):.2f}× |"
-            )
+        for name in OPTIMIZERS:
+            cells = []
+            for times in by_threads.values():
+                ratios = [t / r for t, r in zip(times[name], times[REFERENCE], strict=True)]
+                cells.append(
+                    f"{1e6 * statistics.median(times[name]):,.0f} µs, "
+                    f"{statistics.median(ratios):.2f}×"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-        print("\n".join(lines[-len(times) - 4 :]), flush=True)
+        print("\n".join(lines[-len(OPTIMIZERS) - 4 :]), flush=True)
 
     lines += [
         "## Transient memory of one step",
@@ -152,7 +163,7 @@ def main() -> None:
         "process per optimizer. State (the two moments) is allocated before and not "
         "counted.",
         "",
-        "| optimizer | transient (× parameter size) | extra over Adam foreach |",
+        "| optimizer | transient (× parameter size) | extra over Adam fused |",
         "|---|---|---|",
     ]
     memory = {}
@@ -169,7 +180,7 @@ def main() -> None:
     env = environment()
     lines += [
         "",
-        f"Environment: torch {env['torch']}, {env['cpu']}, {env['torch_threads']} threads, "
+        f"Environment: torch {env['torch']}, {env['cpu']}, {env['cpu_count']} CPUs, "
         f"GPU: {env['cuda'] or 'none'}, sievetrain {env['git_sha']}.",
         "",
     ]

@@ -213,6 +213,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
         batch_size=args.batch_size,
         target_accuracy=args.target_accuracy,
         device=args.device,
+        amp=args.amp,
+        compile=args.compile,
     )
     data = load_dataset(
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
@@ -328,6 +330,17 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--device", default="auto", help="torch device (default: cuda if available, else cpu)"
+        )
+        p.add_argument(
+            "--amp",
+            default="off",
+            help="mixed precision of the training step: off, bf16 or fp16 (fp16 scales the "
+            "loss) (default: off)",
+        )
+        p.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the training step; compiled in the untimed warm-up",
         )
         p.add_argument(
             "--resume",

@@ -21,6 +21,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import torch
 
 __all__ = [
@@ -28,12 +29,19 @@ __all__ = [
     "TEMPORARY_SUFFIX",
     "append_jsonl",
     "atomic_torch_save",
+    "cache_dir",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_torch",
     "read_jsonl",
     "remove_temporaries",
 ]
+
+
+def cache_dir() -> Path:
+    """Cache folder (generated datasets, built kernels): ``$SIEVETRAIN_CACHE_DIR``,
+    else the platform's user cache dir."""
+    return Path(os.environ.get("SIEVETRAIN_CACHE_DIR") or platformdirs.user_cache_dir("sievetrain"))
 
 
 # The suffix of the writer's temporary files: ``.NAME.RANDOM.tmp`` next to ``NAME``.

@@ -1,5 +1,6 @@
-"""StochGradAdam: equal to Adam at rate 1, the two paths agree, masks behave as
-documented, state round-trips bitwise, and it trains the reference model."""
+"""StochGradAdam on each of its paths (fused; unfused foreach and per-tensor): equal
+to Adam at rate 1, the unfused paths agree, masks behave as documented, state
+round-trips bitwise, and it trains the reference model."""
 
 from __future__ import annotations
 
@@ -13,8 +14,25 @@ import torch
 import torch.nn.functional as F
 
 from sievetrain.models import build_model
-from sievetrain.optim import StochGradAdam, build_optimizer, draw_masks
+from sievetrain.optim import StochGradAdam, build_optimizer, draw_masks, fused
 from sievetrain.train import TrainConfig, Trainer
+
+# Each path's switches, and the torch.optim.Adam it equals at rate 1.
+PATHS = {
+    "fused": {"fused": True},
+    "foreach": {"fused": False, "foreach": True},
+    "per-tensor": {"fused": False, "foreach": False},
+}
+MASKED_PATHS = ["fused", "foreach"]  # the two mask streams
+
+
+def replay_masks(optimizer, params, rate, mask="element"):
+    """The masks ``optimizer``'s next step will draw, from a copy of its generator."""
+    replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
+    if optimizer.param_groups[0]["fused"] is False:
+        return draw_masks(params, rate, mask=mask, generator_for=lambda device: replay)
+    (key,) = fused.step_keys(replay)
+    return fused.masks(params, key, rate, mask)
 
 
 def real_batch(mnist1d, n=128):
@@ -37,21 +55,24 @@ def train(model, optimizer, x, y, steps):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
-@pytest.mark.parametrize("foreach", [True, False])
-def test_sampling_rate_one_is_adam(mnist1d, weight_decay, foreach):
-    """The degenerate case: with every entry used, 200 steps on a real model land
-    where torch.optim.Adam lands, to float64 round-off."""
+@pytest.mark.parametrize(
+    ("options", "rate"),
+    [({}, 1.0), ({}, 1 - 2**-18), ({"weight_decay": 1e-2, "amsgrad": True}, 1.0)],
+    ids=["rate 1", "rate rounding to 1", "weight_decay+amsgrad"],
+)
+@pytest.mark.parametrize("path", PATHS)
+def test_sampling_rate_one_is_adam(mnist1d, path, options, rate):
+    """The degenerate case: with every entry used (also at a rate that rounds to 1 in
+    16 bits), 40 steps on a real model land bitwise where torch.optim.Adam with the
+    same switches lands."""
     x, y = real_batch(mnist1d, 32)
     model = reference_model(mnist1d)
     twin = copy.deepcopy(model)
-    adam = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=weight_decay)
-    ours = StochGradAdam(
-        twin.parameters(), lr=3e-3, weight_decay=weight_decay, sampling_rate=1.0, foreach=foreach
-    )
-    expected = train(model, adam, x, y, 200)
-    got = train(twin, ours, x, y, 200)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    adam = torch.optim.Adam(model.parameters(), lr=3e-3, **options, **PATHS[path])
+    ours = StochGradAdam(twin.parameters(), lr=3e-3, sampling_rate=rate, **options, **PATHS[path])
+    expected = train(model, adam, x, y, 40)
+    got = train(twin, ours, x, y, 40)
+    assert torch.equal(got, expected)
     assert not torch.equal(
         expected, torch.cat([p.flatten() for p in reference_model(mnist1d).parameters()])
     )
@@ -77,6 +98,7 @@ def test_foreach_and_per_tensor_paths_agree(mnist1d, mask, masked_state, rescale
             rescale=rescale,
             seed=3,
             foreach=foreach,
+            fused=False,
         )
         runs.append(train(model, optimizer, x, y, 20))
     assert torch.equal(runs[0], runs[1])
@@ -87,12 +109,15 @@ def _params(*shapes, dtype=torch.float32):
     return [torch.nn.Parameter(torch.randn(*s, dtype=dtype)) for s in shapes]
 
 
+@pytest.mark.parametrize("path", MASKED_PATHS)
 @pytest.mark.parametrize("rate", [0.05, 0.5, 0.8])
-def test_fraction_of_updated_entries_matches_the_rate(rate):
+def test_fraction_of_updated_entries_matches_the_rate(rate, path):
     params = _params((300, 200), (500,), (40, 10, 3, 3))
     for p in params:
         p.grad = torch.randn_like(p)  # nonzero everywhere
-    optimizer = StochGradAdam(params, sampling_rate=rate, seed=0)
+    optimizer = StochGradAdam(
+        params, sampling_rate=rate, masked_state="freeze", seed=0, **PATHS[path]
+    )
     optimizer.step()
     # From zero moments, one step leaves m != 0 exactly where the entry was used.
     used = sum(int((optimizer.state[p]["exp_avg"] != 0).sum()) for p in params)
@@ -100,15 +125,16 @@ def test_fraction_of_updated_entries_matches_the_rate(rate):
     realised = round(rate * 2**16) / 2**16
     bound = 5 * math.sqrt(realised * (1 - realised) / n)  # five binomial standard deviations
     assert abs(used / n - realised) < bound
-    # A fresh mask every step: the next step uses a different set of entries.
+    # A fresh mask every step: the next step (masked entries frozen) uses about as
+    # many entries, and not the same ones.
     before = [optimizer.state[p]["exp_avg"].clone() for p in params]
+    first = [b != 0 for b in before]
     optimizer.step()
-    changed = [
-        (optimizer.state[p]["exp_avg"] != b.lerp(torch.zeros_like(b), 0.1))
-        for p, b in zip(params, before, strict=True)
-    ]
+    changed = [optimizer.state[p]["exp_avg"] != b for p, b in zip(params, before, strict=True)]
     fresh_used = sum(int(c.sum()) for c in changed)
     assert abs(fresh_used / n - realised) < bound
+    both = sum(int((c & f).sum()) for c, f in zip(changed, first, strict=True))
+    assert abs(both / n - realised**2) < 5 * math.sqrt(realised**2 * (1 - realised**2) / n)
 
 
 def test_tensor_masks_keep_or_drop_whole_tensors():
@@ -134,11 +160,11 @@ def test_element_masks_are_0_1_in_the_parameter_dtype():
     assert draw_masks(params, 1.0, mask="element", generator_for=None) is None
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_freeze_leaves_masked_moments_and_parameters_untouched(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_freeze_leaves_masked_moments_and_parameters_untouched(path):
     params = _params((50, 40), (40,), dtype=torch.float64)
     optimizer = StochGradAdam(
-        params, sampling_rate=0.5, masked_state="freeze", seed=1, foreach=foreach
+        params, sampling_rate=0.5, masked_state="freeze", seed=1, **PATHS[path]
     )
     for p in params:
         p.grad = torch.randn_like(p)
@@ -152,9 +178,7 @@ def test_freeze_leaves_masked_moments_and_parameters_untouched(foreach):
         )
         for p in params
     }
-    # Reproduce the masks this step will draw from a copy of the optimizer's generator.
-    replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
-    masks = draw_masks(params, 0.5, mask="element", generator_for=lambda device: replay)
+    masks = replay_masks(optimizer, params, 0.5)
     optimizer.step()
     for p, keep in zip(params, masks, strict=True):
         masked = keep == 0
@@ -165,27 +189,35 @@ def test_freeze_leaves_masked_moments_and_parameters_untouched(foreach):
             assert torch.all(now[~masked] != old[~masked])
 
 
-def test_decay_moves_masked_entries_by_their_momentum():
+@pytest.mark.parametrize("path", MASKED_PATHS)
+def test_decay_moves_masked_entries_by_their_momentum(path):
     params = _params((50, 40), dtype=torch.float64)
-    optimizer = StochGradAdam(params, sampling_rate=0.5, seed=1)
+    optimizer = StochGradAdam(params, sampling_rate=0.5, seed=1, **PATHS[path])
     params[0].grad = torch.randn_like(params[0])
     optimizer.step()
     m_before = optimizer.state[params[0]]["exp_avg"].clone()
-    replay = torch.Generator().set_state(optimizer._generator(torch.device("cpu")).get_state())
-    (keep,) = draw_masks(params, 0.5, mask="element", generator_for=lambda device: replay)
+    p_before = params[0].detach().clone()
+    (keep,) = replay_masks(optimizer, params, 0.5)
     optimizer.step()
     masked = keep == 0
-    # A masked entry counts as a zero gradient: its first moment decays by beta1.
-    decayed = m_before.lerp(torch.zeros_like(m_before), 1 - 0.9)
-    assert torch.equal(optimizer.state[params[0]]["exp_avg"][masked], decayed[masked])
+    # A masked entry counts as a zero gradient: its first moment decays by beta1 (to
+    # round-off: the fused step computes m + (1 - beta1)(0 - m) with one rounding)...
+    decayed = m_before * 0.9
+    m_now = optimizer.state[params[0]]["exp_avg"]
+    torch.testing.assert_close(m_now[masked], decayed[masked], rtol=1e-15, atol=0)
+    # ...and its parameter still moves, by the decayed momentum (if it has any).
+    drifting = masked & (m_before != 0)
+    assert drifting.sum() > 100
+    assert torch.all(params[0].detach()[drifting] != p_before[drifting])
 
 
-def test_save_load_continue_is_bitwise_an_uninterrupted_run(mnist1d):
+@pytest.mark.parametrize("path", PATHS)
+def test_save_load_continue_is_bitwise_an_uninterrupted_run(mnist1d, path):
     x, y = mnist1d.train.tensors[0][:64], mnist1d.train.tensors[1][:64]
 
     def fresh():
         model = reference_model(mnist1d).float()
-        return model, StochGradAdam(model.parameters(), sampling_rate=0.5, seed=7)
+        return model, StochGradAdam(model.parameters(), sampling_rate=0.5, seed=7, **PATHS[path])
 
     model, optimizer = fresh()
     straight = train(model, optimizer, x, y, 20)
@@ -197,17 +229,20 @@ def test_save_load_continue_is_bitwise_an_uninterrupted_run(mnist1d):
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     model, _ = fresh()
-    optimizer = StochGradAdam(model.parameters(), sampling_rate=0.5, seed=999)  # seed restored too
+    optimizer = StochGradAdam(  # the seed is restored too
+        model.parameters(), sampling_rate=0.5, seed=999, **PATHS[path]
+    )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     resumed = train(model, optimizer, x, y, 10)
     assert torch.equal(resumed, straight)
 
 
-def test_same_seed_same_masks_different_seed_different_masks():
+@pytest.mark.parametrize("path", MASKED_PATHS)
+def test_same_seed_same_masks_different_seed_different_masks(path):
     def run(seed):
         params = _params((20, 20))
-        optimizer = StochGradAdam(params, sampling_rate=0.5, seed=seed)
+        optimizer = StochGradAdam(params, sampling_rate=0.5, seed=seed, **PATHS[path])
         for _ in range(3):
             params[0].grad = torch.ones_like(params[0])
             optimizer.step()

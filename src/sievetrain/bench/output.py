@@ -53,6 +53,21 @@ RECORD_KEYS = (
 )
 
 
+# Options added after run keys were first written, with the value that computes what
+# runs before them computed: at that value they stay out of the key, so a bench folder
+# written before them still resumes.
+ADDED_LATER = {"amp": "off", "compile": False, "amsgrad": False, "maximize": False}
+
+
+def _keyed(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (nested dicts too) without the later options at their old value."""
+    return {
+        name: _keyed(value) if isinstance(value, dict) else value
+        for name, value in options.items()
+        if not (name in ADDED_LATER and value == ADDED_LATER[name])
+    }
+
+
 def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
     """Identity of a run: same key, same computation."""
     blob = json.dumps(
@@ -61,8 +76,8 @@ def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
             len(bench.data.train),
             len(bench.data.test),
             bench.model,
-            bench.config.to_dict(),
-            run.describe(),
+            _keyed(bench.config.to_dict()),
+            _keyed(run.describe()),
             seed,
             # a bench on W > 1 ranks is another computation; one process keeps its keys
             *([{"world_size": bench.world_size}] if bench.world_size > 1 else []),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 
-from sievetrain.data.common import cache_dir
 from sievetrain.data.fashion_mnist import (
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_URL,
@@ -31,6 +30,7 @@ from sievetrain.data.mnist1d import (
 )
 from sievetrain.data.shakespeare import load_shakespeare
 from sievetrain.data.split import DataSplit
+from sievetrain.files import cache_dir
 from sievetrain.options import ArgumentError
 
 __all__ = [

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain.data.common import cache_dir
 from sievetrain.data.split import DataSplit
-from sievetrain.files import atomic_write_bytes
+from sievetrain.files import atomic_write_bytes, cache_dir
 from sievetrain.options import ArgumentError, as_int
 
 __all__ = [

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain.data.common import cache_dir
 from sievetrain.data.split import DataSplit
-from sievetrain.files import CheckpointError, atomic_torch_save, load_torch
+from sievetrain.files import CheckpointError, atomic_torch_save, cache_dir, load_torch
 from sievetrain.options import as_int
 
 __all__ = [

@@ -59,7 +59,7 @@ class MLMTransformer(StagedSequential):
     positions are attended to like any token; they are never targets.
 
     Defaults d=64, 4 heads, 4 layers: 0.22 M parameters, sized for a CPU (a
-    training step on 64 x 128 tokens takes about 0.5 s on two cores, see
+    training step on 64 x 128 tokens takes about 0.42 s on one CPU thread, see
     ``benchmarks/sift_scoring.md``). Pass a larger ``d_model`` for a GPU.
 
     Args:

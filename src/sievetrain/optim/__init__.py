@@ -9,7 +9,7 @@ import torch
 
 from sievetrain.optim.baselines import AdamOptions, RMSpropOptions, SGDOptions
 from sievetrain.optim.functional import draw_masks, stochgradadam
-from sievetrain.optim.stochgradadam import StochGradAdam, StochGradAdamOptions
+from sievetrain.optim.optimizer import StochGradAdam, StochGradAdamOptions
 from sievetrain.options import Options
 
 __all__ = [

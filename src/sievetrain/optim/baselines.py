@@ -40,6 +40,8 @@ class AdamOptions(Options):
     betas: tuple[float, float] = option((0.9, 0.999), "β1, β2: decay rates of the moments")
     eps: float = option(1e-8, "ε: added to the denominator")
     weight_decay: float = option(0.0, "λ: coupled L2 penalty added to the gradient")
+    amsgrad: bool = option(False, "AMSGrad: the running maximum of the second moment in its place")
+    maximize: bool = option(False, "ascend the objective instead of descending it")
 
     def __post_init__(self) -> None:
         super().__post_init__()

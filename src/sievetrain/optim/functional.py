@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch._utils import _unflatten_dense_tensors
 
-__all__ = ["MASK_BITS", "draw_masks", "stochgradadam"]
+__all__ = ["MASK_BITS", "by_device_and_dtype", "draw_masks", "stochgradadam"]
 
 MASK_BITS = 16  # random bits per mask entry: P(keep) = round(s * 2**16) / 2**16
 
@@ -25,8 +25,8 @@ def draw_masks(
     generator_for: Callable[[torch.device], torch.Generator],
 ) -> list[Tensor] | None:
     """Masks ω shaped like ``params``, 1 where an entry is used and 0 where it is
-    masked, in each parameter's dtype; None when ``sampling_rate`` is 1 (nothing
-    masked, no random numbers drawn).
+    masked, in each parameter's dtype; None when the realised rate
+    ``round(s * 2**16) / 2**16`` is 1 (nothing masked, no random numbers drawn).
 
     ``generator_for(device)`` returns the generator for a device (one on another
     device of the same type will do: its draws are moved). One draw per
@@ -35,12 +35,12 @@ def draw_masks(
     integers are split into four 16-bit lanes, about 3x cheaper on CPU than a
     float uniform per entry. The masks are views of one flat buffer per group.
     """
-    if sampling_rate >= 1:
+    if round(sampling_rate * 2**MASK_BITS) >= 2**MASK_BITS:  # every lane is kept
         return None
-    # keep when a uniform 16-bit lane, read as a signed int16, is below this
+    # keep when a uniform 16-bit lane, read as a signed int16, is below this (< 2**15)
     threshold = round(sampling_rate * 2**MASK_BITS) - 2 ** (MASK_BITS - 1)
     masks: list[Tensor | None] = [None] * len(params)
-    for (device, dtype), positions in _by_device_and_dtype(params).items():
+    for (device, dtype), positions in by_device_and_dtype(params).items():
         numels = [params[i].numel() for i in positions]
         generator = generator_for(device)  # may hold another device of the same type
         lanes = _random_int16(sum(numels) if mask == "element" else len(numels), generator)
@@ -55,7 +55,7 @@ def draw_masks(
     return masks  # type: ignore[return-value]
 
 
-def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list]:
+def by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list]:
     """Positions of ``tensors`` grouped by (device, dtype), in order of first appearance."""
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
@@ -75,6 +75,7 @@ def stochgradadam(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None,
     state_steps: list[Tensor],
     masks: list[Tensor] | None,
     *,
@@ -86,6 +87,7 @@ def stochgradadam(
     weight_decay: float,
     masked_state: str,
     scale: float,
+    maximize: bool = False,
 ) -> None:
     """One StochGradAdam step, in place on ``params`` and the state tensors.
 
@@ -93,11 +95,38 @@ def stochgradadam(
     used), or None to use every entry (exactly Adam's update). With
     ``masked_state="decay"`` they are overwritten with the masked gradient, so
     that it needs no buffer of its own. ``scale`` multiplies the kept gradient entries
-    (``1 / s`` when rescaling). Reads no globals; the grads are not modified.
+    (``1 / s`` when rescaling). ``max_exp_avg_sqs``: AMSGrad's running maxima of the
+    second moment, used in its place, or None; ``maximize``: ascend the objective.
+    With masks, 16-bit tensors are updated in float32 and stored back: their ε
+    (1e-8) would round to 0, and an entry masked before its first use would divide
+    0 by 0. Reads no globals; the grads are not modified.
     """
     hp = _Step(lr, beta1, beta2, eps, weight_decay, masked_state == "freeze", scale)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masks]
     update = _multi_tensor if foreach else _single_tensor
-    update(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp)
+    if masks is not None and any(p.dtype in _LOW_PRECISION for p in params):
+        _in_float32(update, lists, hp)
+    else:
+        update(*lists, hp=hp)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(update: Callable, lists: list, hp: _Step) -> None:
+    """``update`` on float32 copies of the 16-bit tensors, the results stored back."""
+    low = {i for i, p in enumerate(lists[0]) if p.dtype in _LOW_PRECISION}
+    lifted = [
+        x if x is None or k == 5 else [t.float() if i in low else t for i, t in enumerate(x)]
+        for k, x in enumerate(lists)  # k == 5: the step counts, left as they are
+    ]
+    update(*lifted, hp=hp)
+    for k in (0, 2, 3, 4):  # what a step writes: parameters, moments, maxima
+        if lists[k] is not None:
+            for i in low:
+                lists[k][i].copy_(lifted[k][i])
 
 
 @dataclass(frozen=True)
@@ -113,7 +142,9 @@ class _Step:
     scale: float  # multiplies the kept gradient entries
 
 
-def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: _Step) -> None:
+def _single_tensor(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masks, hp: _Step
+) -> None:
     for i, param in enumerate(params):
         grad, m, v, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         keep = masks[i] if masks is not None else None  # ω
@@ -126,16 +157,12 @@ def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp:
         if keep is None:  # every entry used: Adam, operation for operation
             m.lerp_(grad, 1 - hp.beta1)
             v.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
-            param.addcdiv_(m, denom, value=-step_size)
         elif hp.freeze:
             # Kept entries: Adam's update; masked entries: moments and parameter untouched.
             if hp.scale != 1:
                 grad = grad * hp.scale
             m.addcmul_(grad - m, keep, value=1 - hp.beta1)
             v.addcmul_(grad * grad - v, keep, value=1 - hp.beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
-            param.addcdiv_(m * keep, denom, value=-step_size)
         else:
             # ĝ = ω ⊙ g in the mask's buffer: a masked entry counts as a zero gradient.
             grad = keep.mul_(grad)
@@ -143,14 +170,16 @@ def _single_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp:
                 grad.mul_(hp.scale)
             m.lerp_(grad, 1 - hp.beta1)
             v.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
-            param.addcdiv_(m, denom, value=-step_size)
+        if max_exp_avg_sqs is not None:  # AMSGrad: the running maximum in v's place
+            v = torch.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
+        denom = (v.sqrt() / bias_correction2_sqrt).add_(hp.eps)
+        step_direction = m * keep if keep is not None and hp.freeze else m  # masked: no step
+        param.addcdiv_(step_direction, denom, value=-step_size)
 
 
-def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: _Step) -> None:
+def _multi_tensor(*lists, hp: _Step) -> None:
     # foreach kernels take lists on one device and of one dtype.
-    groups = _by_device_and_dtype(params)
-    lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps, masks)
+    groups = by_device_and_dtype(lists[0])
     if len(groups) == 1:  # the common case: no copies of the lists
         _multi_tensor_group(*lists, hp)
         return
@@ -161,7 +190,7 @@ def _multi_tensor(params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: 
 
 
 def _multi_tensor_group(
-    params, grads, exp_avgs, exp_avg_sqs, state_steps, masks, hp: _Step
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, masks, hp: _Step
 ) -> None:
     # The same operations as _single_tensor, in the same order, on lists.
     # One CPU scalar tensor rather than a Python 1 wrapped again for every step count.
@@ -176,7 +205,6 @@ def _multi_tensor_group(
         torch._foreach_mul_(exp_avg_sqs, hp.beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hp.beta2)
         del grads  # before the denominator takes its own buffer
-        denom = torch._foreach_sqrt(exp_avg_sqs)
     elif hp.freeze:
         if hp.scale != 1:
             grads = torch._foreach_mul(grads, hp.scale)
@@ -185,8 +213,6 @@ def _multi_tensor_group(
         diff = torch._foreach_sub(torch._foreach_mul(grads, grads), exp_avg_sqs)
         torch._foreach_addcmul_(exp_avg_sqs, diff, masks, value=1 - hp.beta2)
         del diff, grads
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        exp_avgs = torch._foreach_mul(exp_avgs, masks)  # masked entries: a zero step
     else:
         # ĝ = ω ⊙ g in the masks' buffers: a masked entry counts as a zero gradient.
         torch._foreach_mul_(masks, grads)
@@ -196,7 +222,12 @@ def _multi_tensor_group(
         torch._foreach_lerp_(exp_avgs, grads, 1 - hp.beta1)
         torch._foreach_mul_(exp_avg_sqs, hp.beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - hp.beta2)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
+    if max_exp_avg_sqs is not None:  # AMSGrad: the running maximum in v's place
+        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+        exp_avg_sqs = max_exp_avg_sqs
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    if masks is not None and hp.freeze:
+        exp_avgs = torch._foreach_mul(exp_avgs, masks)  # masked entries: a zero step
     torch._foreach_div_(denom, bias_correction2_sqrt)
     torch._foreach_add_(denom, hp.eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)

@@ -142,6 +142,9 @@ class EarlyExit:
                     ) from None
         if self.linear is None:
             self._build_linear(features, token_targets=y.dim() == 2)
+        # At least float32, whatever the features' precision (autocast may give bf16):
+        # the head is built in that dtype and trains in it.
+        features = features.to(torch.promote_types(features.dtype, torch.float32))
         if not train_head:
             with torch.no_grad():
                 return self.linear(features)
@@ -176,7 +179,8 @@ class EarlyExit:
             pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial - 1]
             width = features.shape[1] * _POOLED_SIZE**spatial
             layers = [pool(_POOLED_SIZE), nn.Flatten(), nn.Linear(width, self.num_classes)]
-        self.linear = nn.Sequential(*layers).to(features.device, features.dtype)
+        dtype = torch.promote_types(features.dtype, torch.float32)  # float32 under autocast
+        self.linear = nn.Sequential(*layers).to(features.device, dtype)
         # Zero init: no randomness to own, and a fresh head ranks all samples alike
         # (uniform prediction) until its first step.
         nn.init.zeros_(layers[-1].weight)

@@ -38,9 +38,11 @@ class Accounting:
     train_time_s: float = 0.0  # wall time of the training loops (includes the phases)
     train_cpu_s: float = 0.0  # process CPU time of the same span
     eval_time_s: float = 0.0
+    warmup_time_s: float = 0.0  # untimed warm-up before training (with compile: compilation)
     samples_forwarded: int = 0  # samples in full forward passes with gradients
     samples_backpropagated: int = 0
     optimizer_steps: int = 0
+    skipped_steps: int = 0  # of optimizer_steps, skipped by fp16 loss scaling (inf/NaN grads)
     sync_device: torch.device | None = None  # CUDA device to synchronise before reading a clock
 
     @contextmanager

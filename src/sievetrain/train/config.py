@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from sievetrain.options import Options, option
+from sievetrain.train.speed import check_amp
 
 __all__ = ["TrainConfig"]
 
@@ -32,6 +33,13 @@ class TrainConfig(Options):
     gamma: float = option(0.1, "step schedule: lr multiplier at each milestone, in (0, 1]")
     target_accuracy: float | None = option(None, "fraction in (0, 1]; time to reach it is reported")
     device: str = option("cpu", "torch device string: cpu, cuda, cuda:N or mps, where available")
+    amp: Literal["off", "bf16", "fp16"] = option(
+        "off",
+        "mixed precision of the training step's forward: autocast dtype (fp16 scales the loss)",
+    )
+    compile: bool = option(
+        False, "torch.compile the training step (compiled in the untimed warm-up)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -47,6 +55,7 @@ class TrainConfig(Options):
         if t is not None and (math.isnan(t) or not 0 < t <= 1):
             raise ValueError(f"invalid target_accuracy={t!r}: must be a fraction in (0, 1]")
         _check_device(self.device)
+        check_amp(self.amp, torch.device(self.device))
 
 
 def _check_device(text: str) -> None:

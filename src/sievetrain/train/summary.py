@@ -19,6 +19,7 @@ class RunSummary:
     train_time_s: float  # wall time of the training loops, evaluation excluded
     train_cpu_s: float  # process CPU time of the same span
     eval_time_s: float
+    warmup_time_s: float  # untimed warm-up before training (with compile: the compilation)
     time_breakdown_s: dict[str, float]  # wall seconds per training phase
     cpu_breakdown_s: dict[str, float]  # process CPU seconds per training phase
     device_breakdown_s: dict[str, float]  # CUDA-event seconds per device phase (GPU only)
@@ -27,6 +28,7 @@ class RunSummary:
     samples_forwarded_fully: int  # whole forward passes, with or without gradients
     samples_backpropagated: int
     optimizer_steps: int
+    skipped_steps: int  # of optimizer_steps, skipped by fp16 loss scaling (inf/NaN gradients)
     world_size: int  # ranks of the process group the run trained on (1: one process)
     coverage: float  # fraction of the training set seen at least once
     time_to_target_s: float | None  # training seconds until target accuracy, if reached

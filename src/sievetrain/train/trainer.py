@@ -45,6 +45,7 @@ from sievetrain.train.parallel import (
 )
 from sievetrain.train.progress import ProgressBar
 from sievetrain.train.schedules import lr_multiplier
+from sievetrain.train.speed import autocast, compiled, mark_batch_dynamic, scaled_step
 from sievetrain.train.summary import RunSummary, time_to_target
 
 __all__ = ["Trainer"]
@@ -60,7 +61,8 @@ class Trainer:
             learning rates are the base rates the schedule multiplies.
         train_set, test_set: map-style datasets of (x, y); ``TensorDataset``s take
             the fast index-gather loader, others a standard ``DataLoader``.
-        config: epochs, batch size, schedule, device.
+        config: epochs, batch size, schedule, device, and the step's speed options
+            ``amp`` and ``compile`` (see :mod:`sievetrain.train.speed`).
         sampler: an epoch-level sampler (:class:`~sievetrain.sampling.EpochSampler`);
             default full data, reshuffled every epoch (``SoftRandomSampler`` at
             ratio 1). Its ``refresh(model, dataset)`` runs at each epoch's start on
@@ -97,6 +99,10 @@ class Trainer:
         self.local_batch = local_batch_size(config.batch_size)  # this rank's share
         self.model = wrap_model(model.to(self.device), self.device)
         self.module = unwrap(self.model)  # scoring, evaluation and checkpoints use it
+        # The training step's forward: compiled, or the model itself. Every other pass
+        # (selectors' scoring, a sampler's refresh, evaluation) runs the eager model.
+        self._forward = compiled(self.model) if config.compile else self.model
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.optimizer = optimizer
         self.train_set = train_set
         self.sampler = (
@@ -209,12 +215,14 @@ class Trainer:
         if self.config.schedule_unit == "step":
             self._set_lr(acct.optimizer_steps / max(self._total_steps, 1))
         with acct.phase("forward"):  # the sampler weights the loss (and InfoBatch observes it)
-            loss = self.sampler.loss(self.model(x), y, idx)
+            with autocast(self.config.amp, self.device):
+                logits = self._forward(x)
+            loss = self.sampler.loss(logits.float(), y, idx)  # float32 whatever the precision
         with acct.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()  # the loss itself unless fp16
         with acct.phase("step"):
-            self.optimizer.step()
+            acct.skipped_steps += scaled_step(self.scaler, self.optimizer)
         acct.samples_forwarded += len(y)
         acct.samples_backpropagated += len(y)
         acct.optimizer_steps += 1
@@ -248,6 +256,7 @@ class Trainer:
             train_time_s=acct.train_time_s,
             train_cpu_s=acct.train_cpu_s,
             eval_time_s=acct.eval_time_s,
+            warmup_time_s=acct.warmup_time_s,
             time_breakdown_s=dict(acct.time_s),
             cpu_breakdown_s=dict(acct.cpu_s),
             device_breakdown_s=dict(acct.device_s),
@@ -257,6 +266,7 @@ class Trainer:
             + selected.get("samples_forwarded_no_grad", 0),
             samples_backpropagated=acct.samples_backpropagated,
             optimizer_steps=acct.optimizer_steps,
+            skipped_steps=acct.skipped_steps,
             world_size=self.world_size,
             coverage=self.coverage.fraction,
             time_to_target_s=time_to_target(self.history, self.config.target_accuracy),
@@ -272,6 +282,7 @@ class Trainer:
             "epoch": self.epoch,
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # empty unless fp16
             "sampler": self.sampler.state_dict(),
             "selector": self.selector.state_dict(),
             "coverage": self.coverage.state_dict(),
@@ -283,6 +294,8 @@ class Trainer:
         self.epoch = state["epoch"]
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # a run without loss scaling saved none
+            self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         self.selector.load_state_dict(state["selector"])
         self.coverage.load_state_dict(state["coverage"])
@@ -315,12 +328,21 @@ class Trainer:
         return []
 
     def _warm_up(self) -> None:
-        """One untimed forward and backward, so that one-time costs (allocations,
-        kernel selection) stay off the training clock; the model is restored."""
+        """One forward and backward as a step runs them, off the training clock, so that
+        one-time costs (allocations, kernel selection, compilation) are not charged to
+        training; its wall time is ``warmup_time_s``. The model is restored."""
+        start = time.perf_counter()
         state = copy.deepcopy(self.model.state_dict())
         x, y, _ = next(iter(make_loader(self.train_set, self.local_batch)))
+        x, y = x.to(self.device), y.to(self.device)
+        if self.config.compile:  # one graph for the run's batch sizes, where the model allows
+            mark_batch_dynamic(x, y)
         with torch.random.fork_rng(devices=self._rng_devices()):
             self.model.train()
-            batch_loss(self.model(x.to(self.device)), y.to(self.device)).backward()
+            with autocast(self.config.amp, self.device):
+                logits = self._forward(x)
+            batch_loss(logits.float(), y).backward()
         self.model.zero_grad(set_to_none=True)
         self.model.load_state_dict(state)
+        self.acct._sync()
+        self.acct.warmup_time_s += time.perf_counter() - start
