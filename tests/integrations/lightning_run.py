@@ -210,3 +210,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.set_num_threads(1)
     run(args.method, args.out, stop=args.stop, resume=args.resume)
+    if torch.distributed.is_initialized():  # Lightning leaves it; gloo's threads then
+        torch.distributed.destroy_process_group()  # may abort at exit ("terminate called")

@@ -425,14 +425,15 @@ def test_generators_are_keyed_by_device_type_and_old_cuda_keys_map_to_cuda():
 def test_a_checkpoint_loaded_onto_the_gpu_resumes_exactly():
     """``torch.load(map_location="cuda")`` hands back CUDA byte tensors; they are moved
     to the CPU for ``set_state``, an old "cuda:N" key maps to "cuda", and the GPU
-    stream resumes exactly."""
+    stream of the unfused path resumes exactly (the fused CUDA step draws its keys
+    from the CPU generator; test_fused_triton.py resumes it)."""
 
     def run(steps, params=None, saved=None):
         torch.manual_seed(0)
         fresh = [torch.nn.Parameter(torch.randn(64, 32, device="cuda"))]
         if params is not None:
             fresh[0].data.copy_(params[0])
-        optimizer = StochGradAdam(fresh, sampling_rate=0.5, seed=2)
+        optimizer = StochGradAdam(fresh, sampling_rate=0.5, seed=2, fused=False)
         if saved is not None:
             optimizer.load_state_dict(saved)
         for _ in range(steps):
