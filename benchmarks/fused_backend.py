@@ -109,7 +109,7 @@ class InductorStep:
         step_size = torch.tensor(LR / (1 - BETA1**self.t))
         bc2_inv = torch.tensor((1 - BETA2**self.t) ** -0.5)
         for j, p in enumerate(self.params):
-            klo, khi = key_halves(tensor_key(key, j), self.dtype)
+            klo, khi = key_halves(fused.tensor_key(key, j), self.dtype)
             args = (klo, khi, self.threshold, step_size, bc2_inv)
             self.update(flat(p), flat(p.grad), self.m[j], self.v[j], *args)
 
@@ -119,17 +119,12 @@ def flat(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.numel(),), (1,))
 
 
-def tensor_key(key: int, j: int) -> int:
-    """Tensor j's 64-bit key within the step keyed by ``key``, as fused.cpp derives it."""
-    return fused.tensor_key(key, j)
-
-
 def check_stream(variant: str) -> None:
     """The variant's compiled flags equal fused.keep_flags, and three of its steps of
     fashion-cnn match the C++ kernel's for the same keys."""
     key, n, dtype = 0x0123456789ABCDEF, 100_003, VARIANTS[variant][0]
     threshold = torch.tensor(round(RATE * 2**fused.MASK_BITS), dtype=dtype)
-    flags = torch.compile(keep)(n, *key_halves(tensor_key(key, 0), dtype), threshold)
+    flags = torch.compile(keep)(n, *key_halves(fused.tensor_key(key, 0), dtype), threshold)
     if not np.array_equal(flags.numpy(), fused.keep_flags(key, 0, n, RATE)):
         raise AssertionError(f"{variant}: keep flags differ from fused.keep_flags")
     ours = InductorStep(parameter_sets()["fashion-cnn"], variant)

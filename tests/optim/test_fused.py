@@ -32,8 +32,8 @@ HYPERPARAMETERS = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_kernel_keeps_the_entries_of_the_documented_stream(kernel, dtype):
     # One tensor spans three parallel work items (32768 entries each); odd sizes.
-    params = [torch.randn(70001, dtype=dtype), torch.randn(33, 3, dtype=dtype), torch.ones(1)]
-    params[2] = params[2].to(dtype)
+    params = [torch.randn(70001, dtype=dtype), torch.randn(33, 3, dtype=dtype)]
+    params.append(torch.ones(1, dtype=dtype))
     grads = [torch.rand_like(p) + 0.5 for p in params]  # nonzero everywhere
     exp_avgs = [torch.zeros_like(p) for p in params]
     exp_avg_sqs = [torch.zeros_like(p) for p in params]

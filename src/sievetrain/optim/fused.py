@@ -63,7 +63,7 @@ _FLAGS = ([*_OPT, "-march=native", "-fopenmp"], [*_OPT, "-fopenmp"], _OPT)
 # What each device's fused step takes: the CPU kernel, and the Triton kernel on CUDA
 # (which computes in float32, so float64 takes the unfused path there).
 SUPPORTED = {
-    "cpu": (torch.float32, torch.float64),
+    "cpu": tuple(DTYPES),
     "cuda": (torch.float32, torch.float16, torch.bfloat16),
 }
 

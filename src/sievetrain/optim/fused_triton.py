@@ -14,17 +14,15 @@ Only importable where Triton is installed (it comes with torch's CUDA builds).
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from sievetrain.optim.fused import MASK_BITS, tensor_kept, tensor_key
+from sievetrain.optim.fused import MASK_BITS, SUPPORTED, tensor_kept, tensor_key
 
 __all__ = ["stochgradadam_triton"]
 
 BLOCK = 1024  # entries per program
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -100,7 +98,7 @@ def stochgradadam_triton(
     float32, float16 or bfloat16 one with contiguous state (float64 goes unfused:
     Triton passes the step's scalars in float32)."""
     tensors = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or []]
-    if any(p.dtype not in DTYPES for p in params):
+    if any(p.dtype not in SUPPORTED["cuda"] for p in params):
         return False
     if not all(t.is_contiguous() for group in tensors for t in group):
         return False
