@@ -14,9 +14,9 @@ recipe is explained in docs/integrations/accelerate.md.
 import argparse
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 
+from sievetrain import Sieve
 from sievetrain.data import IndexedDataset, load_dataset
 from sievetrain.integrations.accelerate import prepare_loader, register_for_checkpointing
 from sievetrain.models import build_model
@@ -34,25 +34,20 @@ def main(epochs: int, checkpoint: str | None, resume: bool) -> None:
     optimizer = StochGradAdam(model.parameters(), lr=3e-3, sampling_rate=0.8, seed=0)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    sampler = SoftRandomSampler(len(data.train), 0.3, seed=0)  # after Accelerator(): per rank
+    sampler = SoftRandomSampler(len(data.train), 0.3, seed=0)  # shards per process
     loader = prepare_loader(accelerator, IndexedDataset(data.train), 32, sampler=sampler)
-    selector = SIFT(0.5, num_classes=10)  # its exit head is trained: checkpoint it too
-    register_for_checkpointing(accelerator, selector)
+    sieve = Sieve(sampler, SIFT(0.5, num_classes=10))  # the step protocol
+    register_for_checkpointing(accelerator, sieve)  # SIFT's exit head is trained: save it
     if resume:
-        accelerator.load_state(checkpoint)  # model, optimizer, loader position, selector
+        accelerator.load_state(checkpoint)  # model, optimizer, loader position, sieve
 
-    backpropagated = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    for epoch in range(loader.sampler.epoch, epochs):  # the epoch saved, or 0
-        loader.set_epoch(epoch)  # on the loader, not accelerator.prepare's
-        selector.set_epoch(epoch)
-        for x, y, _ in loader:  # on accelerator.device; _: dataset indices
-            keep = selector.select(model, x, y)  # positions to backpropagate; None: all
-            x, y = (x, y) if keep is None else (x[keep], y[keep])
-            loss = F.cross_entropy(model(x), y)
+    for epoch in range(sampler.epoch, epochs):  # the epoch saved, or 0
+        sieve.begin_epoch(epoch, model, data.train)  # the sampler's epoch, the selector's
+        for x, y, idx in sieve.batches(loader, model):  # the samples SIFT keeps
+            loss = sieve.loss(model(x), y, idx)  # cross-entropy with the sampler's weights
             optimizer.zero_grad()
             accelerator.backward(loss)
             optimizer.step()
-            backpropagated += len(y)
         if checkpoint:
             accelerator.save_state(checkpoint)  # mid-epoch too: after any optimizer step
 
@@ -60,7 +55,8 @@ def main(epochs: int, checkpoint: str | None, resume: bool) -> None:
     x, y = (t.to(accelerator.device) for t in data.test.tensors)
     with torch.no_grad():
         accuracy = (net(x).argmax(1) == y).float().mean().item()
-    total = accelerator.reduce(backpropagated, "sum").item()  # over every process
+    mine = torch.tensor(sieve.samples_backpropagated, device=accelerator.device)
+    total = accelerator.reduce(mine, "sum").item()  # over every process
     accelerator.print(f"test accuracy {accuracy:.3f}, samples backpropagated {total}")
 
 

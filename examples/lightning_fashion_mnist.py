@@ -12,8 +12,7 @@ import lightning as L
 import torch
 
 from sievetrain.data import IndexedDataset, load_dataset
-from sievetrain.integrations import ResumableLoader
-from sievetrain.integrations.lightning import Sieve
+from sievetrain.integrations.lightning import SieveCallback
 from sievetrain.models import build_model
 from sievetrain.optim import StochGradAdam
 from sievetrain.sampling import SoftRandomSampler
@@ -28,13 +27,16 @@ class FashionClassifier(L.LightningModule):
         self.data, self.sieve = data, sieve
         self.net = build_model("fashion-cnn", num_classes=10, input_shape=data.input_shape)
 
-    def train_dataloader(self):  # here Lightning has started the process group: shards by rank
+    def train_dataloader(self):  # the sampler shards over the ranks at its first epoch
         sampler = SoftRandomSampler(len(self.data.train), 0.3, seed=0)  # a fresh 30 % each epoch
         dataset = IndexedDataset(self.data.train)  # batches of (x, y, idx)
-        return ResumableLoader(dataset, BATCH // self.trainer.world_size, sampler=sampler)
+        return self.sieve.dataloader(dataset, BATCH // self.trainer.world_size, sampler=sampler)
 
     def training_step(self, batch, batch_idx):
-        x, y, idx = self.sieve.select(batch, self.net)  # the half SIFT's early exit finds hardest
+        batch = self.sieve.select(batch, self.net)  # the half SIFT's early exit finds hardest
+        if batch is None:  # nothing to train in this step (a gathering selector)
+            return None
+        x, y, idx = batch
         return self.sieve.loss(self.net(x), y, idx)
 
     def configure_optimizers(self):  # Adam on a fresh 80 % of the gradient entries each step
@@ -43,7 +45,7 @@ class FashionClassifier(L.LightningModule):
 
 data = load_dataset("fashion-mnist", train_size=6000, test_size=2000)
 torch.manual_seed(0)  # the model's initial weights
-sieve = Sieve(SIFT(0.5, num_classes=10))  # a Lightning Callback
+sieve = SieveCallback(SIFT(0.5, num_classes=10))  # runs a sievetrain.Sieve in Lightning
 model = FashionClassifier(data, sieve)
 devices = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes (CPU default: 1)
 trainer = L.Trainer(

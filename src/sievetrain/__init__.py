@@ -6,6 +6,8 @@ The pieces for your own PyTorch loop:
   ``EpochSampler`` is the protocol of epoch-level samplers.
 - ``sievetrain.selection``: batch-level selectors; ``Selector`` is their protocol.
 - ``sievetrain.optim.StochGradAdam``: Adam on a random subset of gradient entries.
+- ``sievetrain.Sieve``: the step protocol every front end runs (epochs, selection,
+  gathering, the weighted loss, one checkpoint state), for a loop of your own.
 - ``sievetrain.train.Trainer``: the accounted training loop the CLI uses.
 
 Each method's options are one frozen dataclass (``SRSOptions``, ``SIFTOptions``, ...;
@@ -14,4 +16,13 @@ see ``sievetrain.options``), the single home of their defaults.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["Sieve", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: ``import sievetrain`` (the CLI's --version) stays light.
+    if name == "Sieve":
+        from sievetrain.sieve import Sieve
+
+        return Sieve
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,9 +24,9 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from sievetrain import Sieve
 from sievetrain.data import IndexedDataset
 from sievetrain.integrations.accelerate import prepare_loader, register_for_checkpointing
-from sievetrain.losses import sample_losses
 from sievetrain.optim import StochGradAdam
 from sievetrain.sampling import InfoBatchSampler, SoftRandomSampler
 from sievetrain.selection import SIFT
@@ -55,44 +55,44 @@ def run(out: Path, kind: str, phase: str) -> None:
     data = TensorDataset(torch.randn(N, 1, 12, generator=g), torch.randint(0, 3, (N,), generator=g))
     sampler = make_sampler(kind)
     loader = prepare_loader(accelerator, IndexedDataset(data), BATCH, sampler=sampler)
-    selector = SIFT(0.5, stage="0", head="linear", num_classes=3)
-    register_for_checkpointing(accelerator, selector)
+    sieve = Sieve(sampler, SIFT(0.5, stage="0", head="linear", num_classes=3))
+    register_for_checkpointing(accelerator, sieve)
     if phase == "resume":
         accelerator.load_state(str(out / "checkpoint"))
 
     trained: dict[int, list[list[int]]] = {}
     plans: dict[int, torch.Tensor] = {}
     for epoch in range(sampler.epoch, EPOCHS):
-        loader.set_epoch(epoch)
-        selector.set_epoch(epoch)
+        sieve.begin_epoch(epoch, model, data)
         if kind == "infobatch":  # the epoch's global plan (a collective: every rank asks)
             plans[epoch] = sampler.state_dict()["indices"]
         trained[epoch] = []
-        for x, y, idx in loader:
-            trained[epoch].append(idx.tolist())
-            keep = selector.select(model, x, y)
-            losses = sample_losses(model(x[keep]), y[keep])
-            if kind == "infobatch":
-                sampler.observe_losses(idx[keep], losses)  # the scores of the next epochs
-            weights = sampler.sample_weights(idx[keep])
-            loss = (losses if weights is None else losses * weights).mean()
+        for x, y, idx in sieve.batches(_recorded(loader, trained[epoch]), model):
+            loss = sieve.loss(model(x), y, idx)  # InfoBatch's weights, and its losses fed
             optimizer.zero_grad()
             accelerator.backward(loss)
             optimizer.step()
             if phase == "stop" and (epoch, len(trained[epoch])) == STOP:
                 accelerator.save_state(str(out / "checkpoint"))
-                return record(out, phase, accelerator, model, optimizer, selector, trained, plans)
-    record(out, phase, accelerator, model, optimizer, selector, trained, plans)
+                return record(out, phase, accelerator, model, optimizer, sieve, trained, plans)
+    record(out, phase, accelerator, model, optimizer, sieve, trained, plans)
 
 
-def record(out, phase, accelerator, model, optimizer, selector, trained, plans) -> None:
+def _recorded(loader, into: list[list[int]]):
+    """``loader``'s batches, each one's dataset indices appended to ``into``."""
+    for batch in loader:
+        into.append(batch[2].tolist())
+        yield batch
+
+
+def record(out, phase, accelerator, model, optimizer, sieve, trained, plans) -> None:
     params = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
     result = {
         "world": accelerator.num_processes,
         "trained": trained,
         "plans": plans,
         "params": params,
-        "selector": selector.state_dict(),
+        "selector": sieve.selector.state_dict(),
         "optimizer": optimizer.state_dict(),
     }
     torch.save(result, out / f"{phase}-{accelerator.process_index}.pt")

@@ -54,11 +54,25 @@ def tiny_bert() -> BertForMaskedLM:
 
 
 class Recorder(SieveTrainer):
-    """Records, per training batch, the sampler's epoch and the batch's dataset indices."""
+    """Records, per training step, the sampler's epoch and the loaded batch's dataset
+    indices (``batches``), and the indices of every batch trained (``trained``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batches: list[tuple[int, list[int]]] = []
+        self.trained: list[tuple[int, list[int]]] = []
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        loss = self.sieve.loss
+        if getattr(loss, "__self__", None) is self.sieve:  # not wrapped yet
+
+            def recorded(logits, y, idx):
+                self.trained.append((self.sieve.sampler.epoch, idx.tolist()))
+                return loss(logits, y, idx)
+
+            self.sieve.loss = recorded
+        return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -143,6 +157,7 @@ def results(trainer: Recorder) -> dict[str, Any]:
         "sampler": trainer.sampler.state_dict(),  # every rank: InfoBatch's is a collective
         "generators": trainer.optimizer.state_dict()["generators"],
         "batches": trainer.batches,
+        "trained": trainer.trained,
         "samples_backpropagated": trainer.samples_backpropagated,
         "global_step": trainer.state.global_step,
     }

@@ -6,9 +6,10 @@ every rank (gloo, ``strategy="ddp"``)::
     torchrun --standalone --nproc_per_node=2 lightning_run.py METHOD OUT [--stop KIND:N]
         [--resume CKPT]
 
-Each rank records, per training batch, the epoch, ``batch_idx``, the batch's indices,
-the kept ones and their losses, and at the end its parameters, the Sieve's state, the
-sampler's stats and what Lightning made of the loader, and writes them to
+Each rank records, per training step, the epoch, ``batch_idx``, the loaded batch's
+indices, the ones trained in the step and their losses, and at the end its parameters,
+the sieve's state, the sampler's stats and what Lightning made of the loader, and
+writes them to
 ``OUT/rank{R}.pt`` (tensors and plain types only). ``--stop step:S`` saves a checkpoint
 after step S (``ModelCheckpoint(every_n_train_steps=S)``) and crashes at the next batch;
 ``--stop epoch:K`` saves at the end of epoch K - 1 (``every_n_epochs=1``) and crashes at
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sievetrain.data import IndexedDataset
 from sievetrain.integrations import ResumableLoader
-from sievetrain.integrations.lightning import Sieve
+from sievetrain.integrations.lightning import SieveCallback
 from sievetrain.losses import sample_losses
 from sievetrain.models import MNIST1DCNN
 from sievetrain.optim import StochGradAdam
@@ -75,7 +76,7 @@ def make_selector(method: str):
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, method: str, sieve: Sieve) -> None:
+    def __init__(self, method: str, sieve: SieveCallback) -> None:
         super().__init__()
         torch.manual_seed(0)  # the same start on every rank and in every run
         self.net = MNIST1DCNN(CLASSES, width=4)
@@ -88,14 +89,16 @@ class Classifier(L.LightningModule):
     def train_dataloader(self) -> ResumableLoader:
         self.sampler = make_sampler(self.method)
         local = BATCH // self.trainer.world_size
-        return ResumableLoader(IndexedDataset(data()), local, sampler=self.sampler)
+        return self.sieve.dataloader(IndexedDataset(data()), local, sampler=self.sampler)
 
     def training_step(self, batch, batch_idx):
-        x, y, idx = self.sieve.select(batch)
+        trained = self.sieve.select(batch)  # None: nothing to train in this step
         record = {"epoch": self.current_epoch, "batch_idx": batch_idx, "idx": batch[2].tolist()}
-        self.batches.append(record | {"kept": idx.tolist(), "losses": []})
-        if len(y) == 0:  # the selector kept nothing (Selective Backprop, one process)
+        kept = [] if trained is None else trained[2].tolist()
+        self.batches.append(record | {"kept": kept, "losses": []})
+        if trained is None:
             return None  # no backward; the optimizer step finds no gradient
+        x, y, idx = trained
         logits = self(x)
         self.batches[-1]["losses"] = sample_losses(logits.detach(), y).tolist()
         return self.sieve.loss(logits, y, idx)
@@ -109,7 +112,7 @@ class Classifier(L.LightningModule):
 class ValidatedClassifier(Classifier):
     """Also validates (on a copy of the training data), recording the epochs it does."""
 
-    def __init__(self, method: str, sieve: Sieve) -> None:
+    def __init__(self, method: str, sieve: SieveCallback) -> None:
         super().__init__(method, sieve)
         self.validated: list[int] = []
 
@@ -155,7 +158,7 @@ def run(
     """Fit ``method`` on ``world`` ranks (default: torchrun's), write and return this
     rank's record."""
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
-    sieve = Sieve(make_selector(method) if selector is None else selector)
+    sieve = SieveCallback(make_selector(method) if selector is None else selector)
     model = module(method, sieve)
     callbacks: list[L.Callback] = [sieve]
     if stop is not None:

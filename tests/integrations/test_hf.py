@@ -73,35 +73,50 @@ def test_each_epoch_trains_the_samplers_subset_once_and_a_fresh_one_every_epoch(
 
 
 @pytest.mark.parametrize(
-    ("selector", "grad_accum", "trained"),
-    [("sift", 1, 10), ("selective-backprop", 2, 10), ("sift", 1, 16)],
+    ("selector", "grad_accum", "stop", "epoch", "steps"),
+    [
+        ("sift", 1, 10, 1, 24),  # 8 batches an epoch: 2 into epoch 1
+        # 8 batches and the end-of-epoch one, 5 optimizer steps an epoch: 4 into epoch 1
+        ("selective-backprop", 2, 7, 1, 15),
+        ("sift", 1, 16, 2, 24),  # at the end of epoch 1
+    ],
     ids=["sift-mid-epoch", "selective-backprop-accumulating-mid-epoch", "sift-epoch-end"],
 )
-def test_a_resumed_run_ends_bitwise_as_the_straight_run(tmp_path, selector, grad_accum, trained):
+def test_a_resumed_run_ends_bitwise_as_the_straight_run(
+    tmp_path, selector, grad_accum, stop, epoch, steps
+):
     """(c) parameters and the samples trained after the resume, (d) the selector's state,
-    (e) StochGradAdam's mask generators: all as if never interrupted. Epochs have 8
-    batches; ``trained`` batches come before the checkpoint."""
+    (e) StochGradAdam's mask generators: all as if never interrupted. The checkpoint is
+    taken after ``stop`` optimizer steps; the resumed run starts in ``epoch``."""
     options = {"selector": selector, "grad_accum": grad_accum}
     straight = hf_run.results(hf_run.train(tmp_path / "straight", **options))
-    stop = trained // grad_accum  # optimizer steps
     stopped = hf_run.train(tmp_path / "stopped", stop=stop, **options)
     checkpoint = tmp_path / "stopped" / f"checkpoint-{stop}"
     assert stopped.state.global_step == stop and (checkpoint / STATE_FILE).is_file()
     resumed = hf_run.results(hf_run.train(tmp_path / "resumed", resume=checkpoint, **options))
 
-    assert stopped.batches == straight["batches"][:trained]
-    assert resumed["batches"] == straight["batches"][trained:]  # the rest, none twice
-    assert resumed["batches"][0][0] == trained // 8  # the epoch it resumes in
+    done, trained = len(stopped.batches), len(stopped.trained)
+    assert stopped.batches == straight["batches"][:done]
+    assert resumed["batches"] == straight["batches"][done:]  # the rest, none twice
+    assert stopped.trained == straight["trained"][:trained]
+    assert resumed["trained"] == straight["trained"][trained:]
+    assert resumed["batches"][0][0] == epoch  # the epoch it resumes in
     assert_same(resumed["params"], straight["params"], "params")
     assert_same(resumed["selector"], straight["selector"], "selector")
     assert_same(resumed["generators"], straight["generators"], "generators")
     assert resumed["samples_backpropagated"] == straight["samples_backpropagated"]
-    assert resumed["global_step"] == straight["global_step"] == 24 // grad_accum
+    assert resumed["global_step"] == straight["global_step"] == steps
     # The states compared are not trivial: a trained exit head, a loss history.
     if selector == "sift":
         assert "linear" in straight["selector"]["exit"]
     else:
         assert len(straight["selector"]["recent_losses"]) == 64
+        # Gathered: every trained batch is full but each epoch's last, its remainder.
+        sizes = [len(idx) for _, idx in straight["trained"]]
+        assert sizes.count(hf_run.BATCH) >= len(sizes) - 3 and min(sizes) > 0
+        assert any(len(idx) == 0 for _, idx in straight["batches"])  # end-of-epoch batches
+        saved = torch.load(checkpoint / STATE_FILE, weights_only=True)
+        assert len(saved["waiting"]["idx"]) > 0  # resumed with kept samples waiting
 
 
 def test_an_infobatch_resume_takes_its_epoch_and_position_from_the_checkpoint(tmp_path):

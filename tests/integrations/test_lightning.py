@@ -1,4 +1,4 @@
-"""Sieve: sievetrain's samplers and selectors in PyTorch Lightning, on one and two
+"""SieveCallback: sievetrain's samplers and selectors in PyTorch Lightning, on one and two
 processes (gloo, CPU). The fits are lightning_run.py's: tiny synthetic data, a tiny
 CNN, 4 epochs; each records every batch it trains."""
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from sievetrain.data import IndexedDataset
 from sievetrain.integrations import ResumableLoader
 from sievetrain.integrations import lightning as integration
-from sievetrain.integrations.lightning import Sieve
+from sievetrain.integrations.lightning import SieveCallback
 from sievetrain.sampling import SoftRandomSampler, infobatch_plan
 from sievetrain.sampling.base import shard
 from sievetrain.selection import Selector
@@ -115,7 +115,7 @@ def test_each_epoch_trains_that_epochs_fresh_srs_subset(tmp_path):
         ("srs", "epoch:2"),  # a checkpoint at an epoch's end
         ("selective-backprop", "step:8"),  # its loss history and generator
         ("infobatch", "step:8"),  # mid pruned epoch 1; epoch 3 (full data) is longer
-        ("infobatch", "epoch:2"),  # Lightning does not load the loader here: Sieve does
+        ("infobatch", "epoch:2"),  # Lightning does not load the loader here: the callback does
         ("gradmatch", "step:4"),  # the selected subset and weights
     ],
 )
@@ -175,6 +175,42 @@ class _PlainLoader(fits.Classifier):
         return DataLoader(fits.data(), batch_size=8, sampler=SoftRandomSampler(fits.N, 0.5))
 
 
+class _LoaderOfItsOwn(fits.Classifier):
+    """A ResumableLoader made without the callback's dataloader()."""
+
+    def train_dataloader(self):
+        self.sampler = fits.make_sampler(self.method)
+        return ResumableLoader(IndexedDataset(fits.data()), fits.BATCH, sampler=self.sampler)
+
+
+def test_a_loader_made_without_the_callback_is_bound_at_the_start_unless_it_must_gather(
+    tmp_path,
+):
+    record = fits.run("srs", tmp_path / "srs", module=_LoaderOfItsOwn)
+    assert [_epoch(record, e) for e in range(fits.EPOCHS)] == [
+        _global_order(e) for e in range(fits.EPOCHS)
+    ]
+    # Selective Backprop's end-of-epoch batch must be in the length Lightning reads first.
+    with pytest.raises(ValueError, match=r"return callback\.dataloader\("):
+        fits.run("selective-backprop", tmp_path / "sb", module=_LoaderOfItsOwn)
+
+
+def test_the_callbacks_earlier_name_still_imports_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="now SieveCallback"):
+        assert integration.Sieve is SieveCallback
+
+
+def test_selective_backprop_trains_full_gathered_batches_and_each_epochs_remainder(tmp_path):
+    record = fits.run("selective-backprop", tmp_path)
+    for epoch in range(1, fits.EPOCHS):  # epoch 0 keeps everything
+        steps = [b for b in record["batches"] if b["epoch"] == epoch]
+        sizes = [len(b["kept"]) for b in steps if b["kept"]]
+        assert all(size == fits.BATCH for size in sizes[:-1]) and 0 < sizes[-1] <= fits.BATCH
+        assert steps[-1]["idx"] == []  # the loader's end-of-epoch batch trained the remainder
+        kept = [i for b in steps for i in b["kept"]]
+        assert len(set(kept)) == len(kept) and set(kept) <= set(_epoch(record, epoch))
+
+
 class _TwoRankSampler(fits.Classifier):
     def train_dataloader(self):
         sampler = SoftRandomSampler(fits.N, 0.5, num_replicas=2, rank=0)
@@ -183,12 +219,14 @@ class _TwoRankSampler(fits.Classifier):
 
 def test_bad_input_is_refused_with_the_bad_value_named(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="got str"):
-        Sieve("sift")
+        SieveCallback("sift")
     with pytest.raises(ImportError, match="found lightning 2.2.5"):
         integration._check_version("2.2.5")
     integration._check_version("2.3.0rc1")
-    with pytest.raises(ValueError, match="return None from training_step"):
-        Sieve().loss(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    with pytest.raises(RuntimeError, match="once fit"):
+        SieveCallback().select((torch.zeros(2, 4), torch.zeros(2), torch.arange(2)))
+    with pytest.raises(RuntimeError, match="when fit"):
+        SieveCallback().loss(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), torch.zeros(2))
     with pytest.raises(TypeError, match="ResumableLoader, got DataLoader"):
         fits.run("srs", tmp_path, module=_PlainLoader)
     with pytest.raises(ValueError, match="num_replicas=2"):

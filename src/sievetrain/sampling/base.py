@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.options import as_int
+from sievetrain.sampling.reshard import check_not_sharded_again
 
 __all__ = ["EpochSampler", "PlanSampler", "as_int", "check_ranks", "check_same_config", "shard"]
 
@@ -182,9 +183,11 @@ class EpochSampler(DistributedSampler[int]):
 
     def __len__(self) -> int:
         """Indices this rank yields in the current epoch (the full count, even mid-epoch)."""
+        check_not_sharded_again(self)
         return self._indices().numel()
 
     def __iter__(self) -> Iterator[int]:
+        check_not_sharded_again(self)
         start, self._resume = (self._start if self._resume else 0), False
         # A plain list iterator of Python ints: C-speed iteration, and it knows what is left.
         self._iterator = iter(self._indices().tolist()[start:])

@@ -36,6 +36,7 @@ from sievetrain.sampling.base import (
 )
 from sievetrain.sampling.last_layer import scoring_block, shared_batch_gradients
 from sievetrain.sampling.omp import check_omp_options, nonnegative_omp
+from sievetrain.sampling.reshard import check_not_sharded_again
 from sievetrain.sampling.srs import batch_partition, selection_round, subset_size
 from sievetrain.sampling.srs import soft_random_indices as _full_data_indices
 
@@ -315,6 +316,7 @@ class GradMatchSampler(EpochSampler):
         }
 
     def __len__(self) -> int:  # known before the selection (a step schedule needs it)
+        check_not_sharded_again(self)
         r, plan = self._plan.round(self.epoch), self._plan
         if r == "skip":
             return 0

@@ -27,9 +27,9 @@ from sievetrain.distributed import unwrap, world
 from sievetrain.losses import batch_loss
 from sievetrain.rng import derive_seed
 from sievetrain.sampling import CoverageTracker, EpochSampler, SoftRandomSampler
-from sievetrain.selection.base import KeepAll, Selector
+from sievetrain.selection.base import Selector
+from sievetrain.sieve import Sieve
 from sievetrain.train.accounting import Accounting
-from sievetrain.train.batches import selected_batches
 from sievetrain.train.config import TrainConfig
 from sievetrain.train.evaluation import evaluate, rank_correlation
 from sievetrain.train.parallel import (
@@ -105,18 +105,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.optimizer = optimizer
         self.train_set = train_set
-        self.sampler = (
-            sampler if sampler is not None else SoftRandomSampler(len(train_set), 1.0, seed=seed)
-        )
-        self.selector = selector if selector is not None else KeepAll()
+        if sampler is None:
+            sampler = SoftRandomSampler(len(train_set), 1.0, seed=seed)
+        # The step protocol (epochs, selection, gathering, the weighted loss, its state).
+        self.sieve = Sieve(sampler, selector, batch_size=self.local_batch)
+        self.sieve.check_world()
+        self.sampler, self.selector = self.sieve.sampler, self.sieve.selector
         self.seed = seed
         self.progress = progress
-        replicas = getattr(self.sampler, "num_replicas", self.world_size)
-        if replicas != self.world_size:
-            raise ValueError(
-                f"the sampler has num_replicas={replicas} but the process group has "
-                f"{self.world_size} ranks"
-            )
         self.train_loader = make_loader(train_set, self.local_batch, sampler=self.sampler)
         self.test_loader = make_loader(
             test_set, config.eval_batch_size, sampler=eval_shard(len(test_set))
@@ -177,38 +173,49 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> float | None:
         acct, cfg = self.acct, self.config
-        with acct.phase("sampling"):  # len() draws (and caches) the epoch's indices
-            self.sampler.set_epoch(epoch)
-            n_batches = len(self.train_loader)
         with acct.phase("selection"):  # a coreset chooses its subset from the model
-            self.sampler.refresh(self.model, self.train_set)
-        self.selector.set_epoch(epoch)
+            self.sieve.begin_epoch(epoch, self.model, self.train_set)
+        with acct.phase("sampling"):  # len() draws (and caches) the epoch's indices
+            n_batches = len(self.train_loader)
         if cfg.schedule_unit == "epoch":
             self._set_lr(epoch / cfg.epochs)
-        loss_sum = torch.zeros((), device=self.device)
-        seen = 0
+        totals = [torch.zeros((), device=self.device), 0]  # loss sum, samples
         name = f"{self.progress} · " if isinstance(self.progress, str) else ""
         bar = ProgressBar(bool(self.progress), f"{name}epoch {epoch + 1}/{cfg.epochs}", n_batches)
         with bar, torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(derive_seed(self.seed, "torch", epoch))
             self.model.train()
-            batches = selected_batches(
-                self.train_loader,
-                self.selector,
-                self.model,
-                self.device,
-                acct,
-                batch_size=self.local_batch,
-                on_loaded=bar.advance,
-            )
-            for x, y, idx in batches:
-                loss = self._step(x, y, idx)
-                with acct.phase("sampling"):  # coverage bookkeeping
-                    self.coverage.update(idx)
-                loss_sum += loss.detach() * len(y)
-                seen += len(y)
+            batches = iter(self.train_loader)
+            while True:
+                with acct.phase("data"):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    x, y, idx = batch
+                    x, y = (
+                        x.to(self.device, non_blocking=True),
+                        y.to(self.device, non_blocking=True),
+                    )
+                with acct.phase("selection"):  # the selector's scoring pass, gathering
+                    chosen = self.sieve.select((x, y, idx), self.model)
+                bar.advance()
+                if chosen is not None:
+                    self._train_batch(*chosen, totals)
+            with acct.phase("selection"):
+                rest = self.sieve.flush()  # kept samples short of a full batch
+            if rest is not None:
+                self._train_batch(*rest, totals)
         sync_buffers(self.module)  # rank 0's running statistics on every rank
-        return mean_over_ranks(loss_sum, seen)  # None: an epoch with no training
+        return mean_over_ranks(*totals)  # None: an epoch with no training
+
+    def _train_batch(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, totals: list
+    ) -> None:
+        loss = self._step(x, y, idx)
+        with self.acct.phase("sampling"):  # coverage bookkeeping
+            self.coverage.update(idx)
+        totals[0] += loss.detach() * len(y)
+        totals[1] += len(y)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         acct = self.acct
@@ -217,7 +224,7 @@ class Trainer:
         with acct.phase("forward"):  # the sampler weights the loss (and InfoBatch observes it)
             with autocast(self.config.amp, self.device):
                 logits = self._forward(x)
-            loss = self.sampler.loss(logits.float(), y, idx)  # float32 whatever the precision
+            loss = self.sieve.loss(logits.float(), y, idx)  # float32 whatever the precision
         with acct.phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # the loss itself unless fp16
@@ -283,8 +290,7 @@ class Trainer:
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),  # empty unless fp16
-            "sampler": self.sampler.state_dict(),
-            "selector": self.selector.state_dict(),
+            **self.sieve.state_dict(),  # sampler, selector, waiting samples, count
             "coverage": self.coverage.state_dict(),
             "accounting": self.acct.state_dict(),
             "history": copy.deepcopy(self.history),
@@ -296,8 +302,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):  # a run without loss scaling saved none
             self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.selector.load_state_dict(state["selector"])
+        self.sieve.load_state_dict(state)
         self.coverage.load_state_dict(state["coverage"])
         self.acct.load_state_dict(state["accounting"])
         self.history = copy.deepcopy(state["history"])
