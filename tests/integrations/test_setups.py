@@ -1,7 +1,10 @@
-"""No silent double sharding: a sievetrain sampler already gives each rank its share, so
+"""Setups users write, under real ``torchrun`` (setups_run.py).
+
+No silent double sharding: a sievetrain sampler already gives each rank its share, so
 accelerate's ``prepare`` (and a Hugging Face ``Trainer`` fed the sampler through
 ``_get_train_sampler``) sharding its batches again is refused with the fix named,
-under real ``torchrun`` (reshard_run.py), instead of training half of each epoch."""
+instead of training half of each epoch. And a ``StochGradAdam(seed=None)`` built
+before the process group keeps the replicas equal."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import reshard_run  # this folder is on pytest's path
+import setups_run  # this folder is on pytest's path
 import torch
 from torch.utils.data import BatchSampler
 
@@ -26,9 +29,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("reshard")
+    out = tmp_path_factory.mktemp("setups")
     ran = subprocess.run(
-        [*TORCHRUN, str(HERE / "reshard_run.py"), str(out)],
+        [*TORCHRUN, str(HERE / "setups_run.py"), str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -39,20 +42,32 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 def _epoch() -> torch.Tensor:
-    sampler = SoftRandomSampler(reshard_run.N, reshard_run.RATIO, seed=0, num_replicas=1, rank=0)
+    sampler = SoftRandomSampler(setups_run.N, setups_run.RATIO, seed=0, num_replicas=1, rank=0)
     return sampler.epoch_indices()
+
+
+def _error(result: dict) -> str:
+    assert "error" in result, f"trained {len(result['trained'])} samples of 12, silently"
+    return result["error"]
 
 
 def test_accelerate_prepare_of_a_sievetrain_sampler_is_refused_naming_prepare_loader(ranks):
     for result in ranks:
-        error = result["prepared"]["error"]  # not a quarter of the epoch, trained silently
+        error = _error(result["prepared"])
         assert "shards its batches again" in error and "prepare_loader" in error
 
 
 def test_a_trainer_fed_the_sampler_by_get_train_sampler_is_refused_naming_sieve_trainer(ranks):
     for result in ranks:
-        error = result["hf_sampler"]["error"]
+        error = _error(result["hf_sampler"])
         assert "SieveTrainer" in error and "_get_train_sampler" in error
+
+
+def test_stochgradadam_built_before_the_process_group_keeps_the_replicas_equal(ranks):
+    first, second = (result["optimizer_first"]["trained"] for result in ranks)
+    assert first == second  # rank 0's seed, taken at the first step
+    torch.manual_seed(0)
+    assert first != torch.cat([p.flatten() for p in setups_run.Linear().parameters()]).tolist()
 
 
 def test_sievetrains_own_loaders_train_each_ranks_share_once(ranks):
@@ -73,12 +88,12 @@ def test_the_guard_lets_a_sampler_of_one_rank_and_a_pass_through_wrapper_be():
         def __iter__(self):
             yield from self.batch_sampler
 
-    two = SoftRandomSampler(reshard_run.N, 0.5, seed=0, num_replicas=2, rank=0)
+    two = SoftRandomSampler(setups_run.N, 0.5, seed=0, num_replicas=2, rank=0)
     passthrough = BatchSamplerShard(BatchSampler(two, 4, drop_last=False), num_processes=1)
     assert sum(len(b) for b in passthrough) == 12
     sharding = BatchSamplerShard(BatchSampler(two, 4, drop_last=False), num_processes=2)
     with pytest.raises(ValueError, match="1/2 of its share.*prepare_loader"):
         list(sharding)
-    one = SoftRandomSampler(reshard_run.N, 0.5, seed=0, num_replicas=1, rank=0)
+    one = SoftRandomSampler(setups_run.N, 0.5, seed=0, num_replicas=1, rank=0)
     assert sum(len(b) for b in BatchSamplerShard(BatchSampler(one, 4, False), 2)) == 24
     check_not_sharded_again(two)  # read directly: no wrapper in sight

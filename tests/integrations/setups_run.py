@@ -1,19 +1,24 @@
-"""A sievetrain sampler sharded a second time, under ``torchrun`` (two gloo processes):
-the subject of test_reshard.py.
+"""Setups users write, under ``torchrun`` (two gloo processes): the subject of
+test_setups.py.
 
-    torchrun --standalone --nproc_per_node=2 reshard_run.py OUT
+    torchrun --standalone --nproc_per_node=2 setups_run.py OUT
 
-Each rank tries, and writes to ``OUT/rank{R}.json``, for each way of building the
-training loader, either the dataset indices it trained in one epoch or the error:
+Each rank writes ``OUT/rank{R}.json``. For each way of building the training loader,
+the dataset indices it trained in one epoch, or the error:
 
 - ``prepared``: ``accelerator.prepare(DataLoader(..., sampler=SoftRandomSampler(...)))``;
 - ``hf_sampler``: a Hugging Face ``Trainer`` whose ``_get_train_sampler`` returns one;
 - ``prepare_loader`` and ``sieve_trainer``: sievetrain's own ways, for comparison.
+
+And ``optimizer_first``: the parameters (as a list) after a ``SieveTrainer`` epoch
+whose ``StochGradAdam(seed=None)`` was built before ``TrainingArguments`` started the
+process group, each process having its own global seed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from transformers import Trainer, TrainingArguments
 from sievetrain.data import IndexedDataset
 from sievetrain.integrations.accelerate import prepare_loader
 from sievetrain.integrations.hf import SieveTrainer
+from sievetrain.optim import StochGradAdam
 from sievetrain.sampling import SoftRandomSampler
 
 N, RATIO, BATCH = 48, 0.5, 4  # 24 samples an epoch, 12 per rank
@@ -134,9 +140,27 @@ def sieve_trainer(out: Path) -> list[int]:
     return recorded
 
 
+def optimizer_first(out: Path) -> list[float]:
+    torch.manual_seed(0)  # the same initial weights on both processes
+    model = Linear()
+    torch.manual_seed(1000 + int(os.environ["RANK"]))  # each process its own seeds
+    optimizer = StochGradAdam(model.parameters(), lr=0.05, sampling_rate=0.5)  # seed=None
+    args = _args(out / "optimizer")  # starts the process group
+    trainer = SieveTrainer(
+        model=model,
+        args=args,
+        train_dataset=IndexedDataset(Dicts()),
+        sampler=SoftRandomSampler(N, RATIO, seed=0),
+        optimizers=(optimizer, None),
+    )
+    trainer.train()
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    results = {
+    results = {  # the first, before anything has started the process group
+        "optimizer_first": attempt(lambda: optimizer_first(out)),
         "prepared": attempt(prepared),
         "prepare_loader": attempt(ours_prepare_loader),
         "hf_sampler": attempt(lambda: hf_sampler(out)),
