@@ -36,62 +36,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sievetrain.batches import Batch, Waiting, join_batches, take_rows, to_device
 from sievetrain.data import IndexedDataset
 from sievetrain.distributed import world
 from sievetrain.options import as_int
 from sievetrain.sampling.base import EpochSampler
 from sievetrain.selection.base import KeepAll, Selector
 
-__all__ = ["Sieve", "join_batches", "take_rows"]
-
-Batch = Any  # (x, y, idx) as a tuple or list, or a mapping of per-sample entries
-
-
-def take_rows(batch: Batch, rows: Tensor, size: int) -> Batch:
-    """``batch`` with only ``rows`` of each per-sample tensor (first dimension ``size``);
-    tuples, lists and mappings keep their form, other entries stay as they are."""
-    if isinstance(batch, Mapping):
-        return {key: take_rows(value, rows, size) for key, value in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(take_rows(value, rows, size) for value in batch)
-    if isinstance(batch, Tensor) and batch.dim() > 0 and len(batch) == size:
-        return batch[rows.to(batch.device)]
-    return batch
-
-
-def join_batches(batches: list[Batch]) -> Batch:
-    """The batches of one form, one after the other (tensors concatenated on the last
-    one's device); an entry that is no tensor is the first batch's."""
-    first = batches[0]
-    if isinstance(first, Mapping):
-        return {key: join_batches([b[key] for b in batches]) for key in first}
-    if isinstance(first, tuple | list):
-        return type(first)(join_batches(list(parts)) for parts in zip(*batches, strict=True))
-    if isinstance(first, Tensor) and first.dim() > 0:
-        device = batches[-1].device
-        return torch.cat([b.to(device) for b in batches])
-    return first
-
-
-class _Waiting:
-    """Kept samples waiting to fill a batch: chunks of one batch form, in order."""
-
-    def __init__(self) -> None:
-        self.chunks: list[Batch] = []
-        self.size = 0
-
-    def add(self, batch: Batch, size: int) -> None:
-        if size:
-            self.chunks.append(batch)
-            self.size += size
-
-    def take(self, n: int) -> Batch:
-        """The first ``n`` waiting samples, removed from the queue."""
-        joined, total = join_batches(self.chunks), self.size
-        rest = torch.arange(n, total)
-        self.chunks = [take_rows(joined, rest, total)] if total > n else []
-        self.size = total - n
-        return take_rows(joined, torch.arange(n), total)
+__all__ = ["Sieve"]
 
 
 class Sieve:
@@ -137,7 +89,7 @@ class Sieve:
         self.batch_size = batch_size
         self.input_key, self.label_key = input_key, label_key
         self.samples_backpropagated = 0  # this rank's, as loss() counts them
-        self._waiting = _Waiting()
+        self._waiting = Waiting()
         self._position: int | None = None  # samples of the epoch select consumed
         self._begun: int | None = None  # the epoch begin_epoch started in this process
         self._resume: int | None = None  # the epoch a loaded state was saved in
@@ -188,7 +140,7 @@ class Sieve:
         self.sampler.refresh(model, dataset)  # a coreset selects once per round
         self.selector.set_epoch(epoch)
         if epoch != self._resume:
-            self._position, self._waiting = 0, _Waiting()
+            self._position, self._waiting = 0, Waiting()
         self._begun, self._resume = epoch, None
 
     def select(self, batch: Batch, model: nn.Module) -> Batch | None:
@@ -238,7 +190,7 @@ class Sieve:
         to ``device`` first, if given), then :meth:`flush`."""
         for batch in loader:
             if device is not None:
-                batch = _to(batch, device)
+                batch = to_device(batch, device)
             if (chosen := self.select(batch, model)) is not None:
                 yield chosen
         if (rest := self.flush()) is not None:
@@ -278,7 +230,7 @@ class Sieve:
         self.samples_backpropagated = as_int(
             "samples_backpropagated", state.get("samples_backpropagated", 0), 0
         )
-        self._waiting = _Waiting()
+        self._waiting = Waiting()
         if (waiting := state.get("waiting")) is not None:
             self._waiting.add(waiting, len(self._parts(waiting)[1]))
         self._position = as_int("position", state["sampler"]["position"], 0)
@@ -300,21 +252,3 @@ class Sieve:
             f"a batch must be (x, y, idx) or a mapping with an 'idx' entry, got "
             f"{type(batch).__name__}: wrap the dataset in sievetrain.data.IndexedDataset"
         )
-
-
-def _to(batch: Batch, device: torch.device) -> Batch:
-    """``batch`` with its tensors on ``device``; the dataset indices stay where they are."""
-    if isinstance(batch, Mapping):
-        return {k: v if k == "idx" else _moved(v, device) for k, v in batch.items()}
-    *head, idx = batch
-    return type(batch)([*(_moved(v, device) for v in head), idx])
-
-
-def _moved(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: _moved(v, device) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return type(value)(_moved(v, device) for v in value)
-    return value
