@@ -122,14 +122,16 @@ def _main(argv: list[str], state: Saved) -> int:
             return 0
         print(methods_listing(), end="")
         return 0
-    from sievetrain.distributed import gather_objects
+    from sievetrain.distributed import gather_objects, is_main
     from sievetrain.options import ArgumentError
 
     problem, lock = None, None  # lock: rank 0's on the output folder, once it is made
     try:
         try:
             args.device = _launch(args.device)  # under torchrun: joins the process group
-            bench, out, done, lock = _setup(args)
+            bench, out, done = _setup(args)
+            if is_main():  # last, once all else is checked: make the folder and lock it
+                lock, done = _claim(out, bench, resume=args.resume)
         except ArgumentError as error:
             problem = error.render(FLAGS)
         except (ValueError, OSError) as error:
@@ -211,12 +213,10 @@ def _launch(device: str) -> str:
     return init_from_environment(device)
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]], Any]:
-    """Everything checked: the bench, its folder, its finished runs and the folder's lock.
-    Rank 0 makes the folder, locks it and reads it, last; the other ranks get no finished
-    runs and no lock."""
+def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
+    """Everything checked, nothing written: the bench, its folder and its finished runs
+    (rank 0 reads the folder; the other ranks get no finished runs)."""
     from sievetrain.bench import check_output, prepare
-    from sievetrain.bench.output import claim_output
     from sievetrain.data import DATASETS, load_dataset
     from sievetrain.distributed import is_main
     from sievetrain.train import TrainConfig
@@ -251,11 +251,19 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]], A
         optimizer=args.optimizer,
         matched=getattr(args, "matched", False),
     )
-    if not is_main():
-        return bench, out, [], None
-    lock = claim_output(out)  # refuses a folder another bench writes to
+    done = check_output(out, bench, resume=args.resume) if is_main() else []
+    return bench, out, done
+
+
+def _claim(out: Path, bench: Any, *, resume: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """Make ``out`` and lock it (refusing a folder another bench or train writes to); then
+    its finished runs, read again under the lock. Returns the lock and the runs."""
+    from sievetrain.bench import check_output
+    from sievetrain.bench.output import claim_output
+
+    lock = claim_output(out)
     try:
-        return bench, out, check_output(out, bench, resume=args.resume), lock
+        return lock, check_output(out, bench, resume=resume)
     except BaseException:
         lock.release()  # and the folder, if made here: bad input leaves nothing behind
         raise
