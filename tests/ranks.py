@@ -2,9 +2,12 @@
 
 ``run_ranks(fn, *args)`` starts W spawned processes, each in a process group of W
 ranks (gloo, one torch thread), calls ``fn(rank, world, *args)`` and returns the W
-results in rank order. A rank that raises fails the call with its traceback; ranks
-that do not finish within ``timeout`` seconds (a deadlock) are killed and fail it too.
-``fn`` and its results must be picklable: a module-level function of a test module.
+results in rank order. With ``before=make``, each process first calls ``make(rank,
+world)`` before its process group starts, and ``fn(rank, world, made, *args)`` gets what
+it made (objects built before the group, as a module-level loader is). A rank that
+raises fails the call with its traceback; ranks that do not finish within ``timeout``
+seconds (a deadlock) are killed and fail it too. ``fn`` and its results must be
+picklable: a module-level function of a test module.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ class RankFailure(AssertionError):
     """A rank raised, or the ranks did not finish in time."""
 
 
-def _entry(rank: int, world: int, store: str, fn: Callable, args: tuple, out: Any) -> None:
+def _entry(
+    rank: int, world: int, store: str, fn: Callable, args: tuple, out: Any, before: Callable | None
+) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     try:
+        if before is not None:
+            args = (before(rank, world), *args)
         dist.init_process_group(
             "gloo",
             init_method=f"file://{store}",
@@ -49,14 +56,24 @@ def _entry(rank: int, world: int, store: str, fn: Callable, args: tuple, out: An
         out.put((rank, False, traceback.format_exc()))
 
 
-def run_ranks(fn: Callable, *args: Any, world: int = 2, timeout: float = 120) -> list[Any]:
-    """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each on its own rank."""
+def run_ranks(
+    fn: Callable,
+    *args: Any,
+    world: int = 2,
+    timeout: float = 120,
+    before: Callable | None = None,
+) -> list[Any]:
+    """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each on its own rank
+    (with ``before``: ``fn(rank, world, before(rank, world), *args)``, ``before`` called
+    ahead of the process group)."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "store")
         processes = [
-            context.Process(target=_entry, args=(r, world, store, fn, args, out), daemon=True)
+            context.Process(
+                target=_entry, args=(r, world, store, fn, args, out, before), daemon=True
+            )
             for r in range(world)
         ]
         for p in processes:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -369,6 +370,7 @@ def test_an_interrupted_bench_says_what_was_saved_and_resume_counts_on(
         f"sievetrain: interrupted; 1 finished run in {str(out / 'results.jsonl')!r}; "
         f"--resume --out {out} continues"
     )
+    assert not (out / ".sievetrain.lock").exists()  # released on Ctrl-C
     args.remove("--quiet")
     code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out), "--resume")
     assert code == 0, err
@@ -537,3 +539,80 @@ def test_a_damaged_or_missing_manifest_stops_resume_naming_it(tmp_path, capsys):
     (out / "bench.json").unlink()
     code, _, err = sievetrain_in_process(capsys, "bench", *ONE, "--out", str(out), "--resume")
     assert code == 2 and "but no bench.json" in err and "results.jsonl" in err
+
+
+# -- An output folder that cannot be made, or that another process writes to (issue 25).
+
+
+def test_an_output_folder_that_cannot_be_made_exits_2_with_one_line_before_training():
+    out = "/proc/forbidden/out"  # /proc takes no new folder, even from root
+    proc = sievetrain("bench", *ONE, "--out", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == (
+        f"sievetrain: error: --out {out!r} cannot be created: "
+        "No such file or directory: '/proc/forbidden'\n"
+    )
+    assert proc.stdout == "" and not os.path.exists(out)
+
+
+HOLD = """
+import fcntl, json, os, socket, sys
+os.makedirs(sys.argv[1], exist_ok=True)
+fd = os.open(os.path.join(sys.argv[1], ".sievetrain.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running bench holds
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+print("held", flush=True)
+sys.stdin.read()  # until the test closes it; then exit without removing the file
+"""
+
+
+def hold_lock(folder):
+    """A process holding ``folder``'s lock, as a running bench does, until its stdin is
+    closed; it then exits, leaving the lock file (stale) behind, as ``kill -9`` would."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_folder_another_process_writes_to_is_refused_and_a_stale_lock_taken_over(
+    tmp_path, capsys
+):
+    import socket
+
+    out = tmp_path / "o"
+    holder = hold_lock(out)
+    try:
+        before = snapshot(out)
+        assert json.loads(before[Path(".sievetrain.lock")]) == {
+            "pid": holder.pid,
+            "host": socket.gethostname(),
+        }
+        train = [a for a in ONE if a not in ("--methods", "full", "--seeds", "0")]
+        for args in (["bench", *ONE], ["train", *train]):  # train writes through the same code
+            code, _, err = sievetrain_in_process(capsys, *args, "--out", str(out))
+            assert code == 2 and err.count("\n") == 1, err
+            assert err.startswith(
+                f"sievetrain: error: --out {str(out)!r} is in use by process {holder.pid} on "
+            )
+            assert snapshot(out) == before
+        refused = sievetrain("bench", *ONE, "--out", str(out))  # as a second shell would
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"is in use by process {holder.pid} on " in refused.stderr
+        assert snapshot(out) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    # The holder ended without releasing: its lock file names a process that is gone.
+    assert (out / ".sievetrain.lock").exists()
+    ran = sievetrain("bench", *ONE, "--out", str(out))
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == (
+        f"sievetrain: warning: {str(out / '.sievetrain.lock')!r} was left by process "
+        f"{holder.pid} on {socket.gethostname()}, which has ended: taking the folder over\n"
+    )
+    assert len(records(out)) == 1 and not (out / ".sievetrain.lock").exists()

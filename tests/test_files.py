@@ -1,14 +1,19 @@
 """Atomic writes and safe loads (files.py)."""
 
+import json
 import os
 import re
+import socket
 import stat
 
 import pytest
 import torch
 
 from sievetrain.files import (
+    LOCK_FILE,
     CheckpointError,
+    FolderInUse,
+    FolderLock,
     append_jsonl,
     atomic_torch_save,
     atomic_write_text,
@@ -90,3 +95,33 @@ def test_only_the_writers_temporaries_of_the_given_targets_are_removed(tmp_path)
         path.write_bytes(b"")
     assert remove_temporaries(tmp_path, "report.md") == sorted(ours)
     assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+
+
+def test_a_folder_lock_is_held_by_one_owner_named_in_the_refusal_and_released(tmp_path):
+    folder = tmp_path / "runs" / "a"
+    lock = FolderLock(folder).acquire()  # makes the folder and its missing parent
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    assert json.loads((folder / LOCK_FILE).read_text()) == owner
+    message = f"{str(folder)!r} is in use by process {os.getpid()} on {owner['host']}"
+    with pytest.raises(FolderInUse, match=re.escape(message)):
+        FolderLock(folder).acquire()  # a second claim, even from this process
+    (folder / "results.jsonl").write_text("{}\n")
+    lock.release()
+    lock.release()  # twice is fine
+    assert os.listdir(folder) == ["results.jsonl"]  # a folder written to stays
+    with FolderLock(folder):  # free again
+        pass
+    with FolderLock(tmp_path / "empty" / "b"):
+        assert (tmp_path / "empty" / "b" / LOCK_FILE).exists()
+    assert sorted(os.listdir(tmp_path)) == ["runs"]  # the folders it made, left empty: gone
+
+
+def test_a_lock_file_whose_process_ended_is_taken_over_with_a_warning(tmp_path):
+    (tmp_path / LOCK_FILE).write_text('{"pid": 4242, "host": "node7"}\n')  # no one holds it
+    with pytest.warns(UserWarning, match="was left by process 4242 on node7, which has ended"):
+        lock = FolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    (tmp_path / LOCK_FILE).unlink()  # removed by hand while held, and another put there
+    (tmp_path / LOCK_FILE).write_text("someone else's")
+    lock.release()  # leaves the file that is not its own
+    assert (tmp_path / LOCK_FILE).read_text() == "someone else's"

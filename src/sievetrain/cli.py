@@ -1,9 +1,11 @@
 """The command line: ``sievetrain train``, ``sievetrain bench``, ``sievetrain methods``.
 
-Bad input ends with a one-line message on stderr and exit code 2, before any folder
-is created or any training starts; results are written as runs finish, so an
+Bad input ends with a one-line message on stderr and exit code 2, before any training
+starts and leaving no folder behind; results are written as runs finish, so an
 interrupted bench loses at most the epoch in progress (``--resume`` continues it),
-and Ctrl-C at any moment exits 130 with one line saying what was saved.
+and Ctrl-C at any moment exits 130 with one line saying what was saved. The output
+folder is made last, and locked while the command writes it: a second bench or train
+on the same folder is bad input.
 
 Under ``torchrun --nproc_per_node=W`` every rank runs the same command: the ranks join
 one process group, train each run together, and rank 0 alone writes and prints; bad
@@ -120,22 +122,42 @@ def _main(argv: list[str], state: Saved) -> int:
             return 0
         print(methods_listing(), end="")
         return 0
-    from sievetrain.bench import RESULTS, run_bench, write_report
-    from sievetrain.bench.matched import planned_runs
-    from sievetrain.distributed import broadcast_object, gather_objects, is_main
+    from sievetrain.distributed import gather_objects, is_main
     from sievetrain.options import ArgumentError
 
-    problem = None
+    problem, lock = None, None  # lock: rank 0's on the output folder, once it is made
     try:
-        args.device = _launch(args.device)  # under torchrun: joins the process group
-        bench, out, done = _setup(args)
-    except ArgumentError as error:
-        problem = error.render(FLAGS)
-    except (ValueError, OSError) as error:
-        problem = str(error)
-    problems = [p for p in gather_objects(problem) if p is not None]  # every rank stops
-    if problems:
-        return _error(problems[0])
+        try:
+            args.device = _launch(args.device)  # under torchrun: joins the process group
+            bench, out, done = _setup(args)
+            if is_main():  # last, once all else is checked: make the folder and lock it
+                lock, done = _claim(out, bench, resume=args.resume)
+        except ArgumentError as error:
+            problem = error.render(FLAGS)
+        except (ValueError, OSError) as error:
+            problem = str(error)
+        problems = [p for p in gather_objects(problem) if p is not None]  # every rank stops
+        if problems:
+            return _error(problems[0])
+        return _run(args, argv, state, bench, out, done)
+    finally:
+        if lock is not None:  # also on an error or Ctrl-C; a folder left empty goes too
+            lock.release()
+
+
+def _run(
+    args: argparse.Namespace,
+    argv: list[str],
+    state: Saved,
+    bench: Any,
+    out: Path,
+    done: list[dict[str, Any]],
+) -> int:
+    """Train the checked bench into ``out`` (rank 0 writes and prints)."""
+    from sievetrain.bench import RESULTS, run_bench, write_report
+    from sievetrain.bench.matched import planned_runs
+    from sievetrain.distributed import broadcast_object, is_main
+
     out = broadcast_object(out)  # rank 0's: a dated default folder could differ by a second
     if not is_main():  # trains its share; rank 0 writes and prints
         run_bench(bench, out, resume=args.resume)
@@ -231,6 +253,20 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
     )
     done = check_output(out, bench, resume=args.resume) if is_main() else []
     return bench, out, done
+
+
+def _claim(out: Path, bench: Any, *, resume: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """Make ``out`` and lock it (refusing a folder another bench or train writes to); then
+    its finished runs, read again under the lock. Returns the lock and the runs."""
+    from sievetrain.bench import check_output
+    from sievetrain.bench.output import claim_output
+
+    lock = claim_output(out)
+    try:
+        return lock, check_output(out, bench, resume=resume)
+    except BaseException:
+        lock.release()  # and the folder, if made here: bad input leaves nothing behind
+        raise
 
 
 def _output_folder(args: argparse.Namespace) -> Path:

@@ -67,11 +67,17 @@ def is_main() -> bool:
     return world()[1] == 0
 
 
-def replicas(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
-    """A sampler's ``(num_replicas, rank)``: each defaults from the process group.
+def replicas(
+    num_replicas: int | None = None, rank: int | None = None, *, stacklevel: int = 2
+) -> tuple[int, int]:
+    """A sampler's ``(num_replicas, rank)``: each defaults from the process group as it is
+    now. (Samplers call this when their first epoch is planned, unless ``num_replicas`` is
+    given: see :class:`~sievetrain.sampling.EpochSampler`.)
 
     ``num_replicas=1`` given explicitly in a world of W > 1 ranks warns once per process
-    (:class:`SingleReplicaWarning`): every rank would then train the same indices.
+    (:class:`SingleReplicaWarning`): every rank would then train the same indices. The
+    warning names the line ``stacklevel`` frames up from the caller of this function, as
+    ``warnings.warn`` counts (2: the caller's caller).
 
     Raises:
         ValueError: ``num_replicas < 1`` or ``rank`` outside ``[0, num_replicas)``.
@@ -85,7 +91,7 @@ def replicas(num_replicas: int | None = None, rank: int | None = None) -> tuple[
                 f"num_replicas=1 in a process group of {size} ranks: every rank gets the same "
                 f"indices (leave num_replicas=None to shard by rank)",
                 SingleReplicaWarning,
-                stacklevel=3,
+                stacklevel=stacklevel + 1,
             )
     num_replicas = size if num_replicas is None else as_int("num_replicas", num_replicas, 1)
     rank = (me if num_replicas == size else 0) if rank is None else rank

@@ -1,4 +1,5 @@
-"""Files that survive a crash and cannot run code: atomic writes, safe loads.
+"""Files that survive a crash and cannot run code: atomic writes, safe loads, and a
+lock that keeps two processes from writing one folder.
 
 Every write goes through one writer: a temporary file in the same folder, flushed
 and ``fsync``-ed, renamed over the target, then the folder ``fsync``-ed so that the
@@ -18,6 +19,8 @@ import json
 import os
 import re
 import secrets
+import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,9 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "FolderInUse",
+    "FolderLock",
+    "LOCK_FILE",
     "TEMPORARY_SUFFIX",
     "append_jsonl",
     "atomic_torch_save",
@@ -168,3 +174,149 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def _clip(text: str, width: int = 60) -> str:
     text = text.strip()
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# The lock file a writing process holds in its output folder.
+LOCK_FILE = ".sievetrain.lock"
+
+
+class FolderInUse(ValueError):
+    """Another live process holds the folder's lock."""
+
+
+class FolderLock:
+    """One process's claim on a folder it writes to: ``FOLDER/.sievetrain.lock``, which
+    names the owner (pid and host).
+
+    The claim is an ``fcntl.flock`` on that file, not the file's existence. The kernel
+    drops it when the process ends, however it ends (``kill -9`` too), so a lock file left
+    by a dead process is known to be stale without guessing from its pid (which the system
+    may have given to another process since), and two processes cannot both take a stale
+    one over, as they could by checking a pid and replacing the file. Linux's NFS client
+    carries ``flock`` to the server. Where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Args:
+        folder: the folder; :meth:`acquire` creates it and its missing parents.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+        self._created: list[Path] = []  # folders acquire() made, outermost first
+
+    def acquire(self) -> FolderLock:
+        """Create the folder if needed and take the lock; returns ``self``. A lock file
+        whose process has ended is taken over with a warning naming that process.
+
+        Raises:
+            FolderInUse: another process holds it (the message names its pid and host).
+            OSError: the folder or its lock file cannot be created.
+        """
+        self._created = _make_folders(self.folder)
+        try:
+            self._fd = self._take()
+        except BaseException:
+            self._remove_created()
+            raise
+        return self
+
+    def _take(self) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # no flock here: nothing to hold
+            return None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _owner(os.pread(fd, 4096, 0))
+                os.close(fd)
+                raise FolderInUse(
+                    f"{str(self.folder)!r} is in use by {owner} (it holds "
+                    f"{str(self.path)!r}): wait for it to end, or choose another folder"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its owner released it (and removed it) as we opened it: again
+        left = os.pread(fd, 4096, 0)
+        if left.strip():  # written by an owner that ended without releasing it
+            warnings.warn(
+                f"{str(self.path)!r} was left by {_owner(left)}, which has ended: "
+                "taking the folder over",
+                stacklevel=3,
+            )
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, mine.encode(), 0)
+        return fd
+
+    def release(self) -> None:
+        """Remove the lock file and let go of the lock; then remove the folders
+        :meth:`acquire` created, if nothing was written in them. Safe to call twice."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                if _same_file(fd, self.path):  # not a file someone put in its place
+                    self.path.unlink()
+            except OSError:
+                pass  # the folder went away meanwhile: nothing left to clean
+            finally:
+                os.close(fd)  # unlinked first: a waiting process then retries on a new file
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+        self._created = []
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones made here, outermost first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    made = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue  # another process made it meanwhile: not ours to remove
+        made.append(path)
+    return made
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        there = path.stat()
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _owner(content: bytes) -> str:
+    """``process PID on HOST`` from a lock file's content; what it can of a damaged one."""
+    try:
+        owner = json.loads(content)
+        return f"process {int(owner['pid'])} on {owner['host']}"
+    except (ValueError, TypeError, KeyError):
+        return "another process"

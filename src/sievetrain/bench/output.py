@@ -5,7 +5,8 @@ An output folder holds one bench: ``bench.json`` records what it is (data, model
 training config, methods, seeds). A new bench refuses a folder that already holds
 a bench's files, and a resumed one a folder of another bench, naming what differs;
 so no command overwrites results, a report or a plot it did not write for the same
-bench. Files of the user's own in the folder are never touched.
+bench. Files of the user's own in the folder are never touched. While a bench writes a
+folder it holds its lock (:func:`claim_output`): a second one is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sievetrain.bench.matched import resolve_measured
 from sievetrain.bench.registry import RunSpec
 from sievetrain.bench.report import REPORT_FILES
-from sievetrain.files import read_jsonl
+from sievetrain.files import FolderInUse, FolderLock, read_jsonl
 from sievetrain.options import ArgumentError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "OUTPUTS",
     "RESULTS",
     "check_output",
+    "claim_output",
     "describe_bench",
     "run_key",
 ]
@@ -161,6 +163,28 @@ def check_output(out: Path, bench: Bench, *, resume: bool) -> list[dict[str, Any
         if record["run_key"] not in keys:
             _damaged(out, number, "is no run of this bench")
     return records
+
+
+def claim_output(out: Path) -> FolderLock:
+    """Create ``out`` (and its missing parents) and lock it for this process (see
+    :class:`~sievetrain.files.FolderLock`), so that no second bench writes there while
+    this one runs; a lock left by a process that has ended is taken over, with a warning.
+    ``release()`` the lock at the end: it also removes the folders made here, if nothing
+    was written in them.
+
+    Raises:
+        ArgumentError: naming ``out``: it cannot be created (saying why), or another
+            process holds it (naming its pid and host).
+    """
+    try:
+        return FolderLock(out).acquire()
+    except FolderInUse as error:
+        raise ArgumentError(f"{{out}} {error}", out="out=") from None
+    except OSError as error:
+        what = "cannot be created" if not out.is_dir() else "cannot be written"
+        why = error.strerror or str(error)
+        where = f": {str(error.filename)!r}" if error.filename is not None else ""
+        raise ArgumentError(f"{{out}} {str(out)!r} {what}: {why}{where}", out="out=") from None
 
 
 def _damaged(out: Path, number: int, why: str) -> None:

@@ -12,19 +12,24 @@ Every sampler is a ``DistributedSampler``. Under ``torchrun`` the ones that shar
 ranks the same count (lockstep), and the state rank 0 saves loads on every rank. Every
 rank calls ``len``, ``iter`` and ``state_dict`` together: some samplers (InfoBatch) run a
 collective there.
+
+A sampler left to follow the process group (``num_replicas=None``) takes its ranks when
+its first epoch is planned, not when it is built: a ``DataLoader`` made before the
+framework starts the group shards by it all the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from sievetrain.distributed import replicas, world
 from sievetrain.losses import batch_loss, sample_losses
 from sievetrain.options import as_int
 from sievetrain.sampling.reshard import check_not_sharded_again
@@ -78,21 +83,94 @@ class EpochSampler(DistributedSampler[int]):
     attributes they read: ``num_replicas`` and ``rank`` (this rank's share; 1 and 0 for a
     sampler that does not shard), ``epoch``, ``seed``, ``shuffle``, ``drop_last`` (ranks
     drop a global tail shorter than ``num_replicas``), ``num_samples`` (``len``, this
-    rank's) and ``total_size``. It has no ``dataset``. Subclasses pass their
-    ``num_replicas`` and ``rank`` to ``__init__`` and keep their options and ``seed`` in
-    ``self._plan``.
+    rank's) and ``total_size``. It has no ``dataset``.
+
+    Ranks: ``num_replicas=None`` follows the process group (see
+    :func:`sievetrain.distributed.replicas`; ``rank=None`` likewise). Those ranks are
+    resolved, once and for good, when the first epoch is planned: the first ``set_epoch``,
+    ``len``, ``iter``, ``epoch_indices``, ``state_dict`` or ``load_state_dict``. Until
+    then ``num_replicas`` and ``rank`` read the current process group's, without fixing
+    them, so a sampler built before the group starts (a module-level ``DataLoader``, a
+    framework that starts it in ``fit``) shards by it; a copy or pickle of such a sampler
+    is still unresolved. A process group whose size differs from the resolved one is
+    refused at each ``set_epoch`` and ``iter`` (``ValueError``). A given ``num_replicas``
+    is resolved at once (with a :class:`~sievetrain.distributed.SingleReplicaWarning`
+    for 1 in a group of several ranks).
+
+    Subclasses pass their ``num_replicas`` and ``rank`` to ``__init__``, then keep their
+    options and ``seed`` in ``self._plan``: a frozen dataclass with fields
+    ``num_replicas`` and ``rank``, built with :meth:`_current_ranks` and replaced (its
+    checks run again) when the ranks are resolved; code that reads its ranks gets it from
+    :meth:`_resolved_plan`.
     """
 
     observes_losses: ClassVar[bool] = False  # True: loss() feeds observe_losses (InfoBatch)
     shuffle = True  # every epoch's order is a fresh random one
     drop_last = True  # lockstep: every rank yields the same count, a short global tail is dropped
+    _plan: Any = None  # a subclass's options and run, with num_replicas and rank
 
-    def __init__(self, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, num_replicas: int | None = 1, rank: int | None = 0) -> None:
         Sampler.__init__(self)  # not DistributedSampler's: it wants a dataset and a process group
-        self.num_replicas, self.rank = num_replicas, rank
+        self._follows_group = num_replicas is None  # the world size is the process group's
+        self._asked_rank = None if rank is None else as_int("rank", rank, 0)
+        # (num_replicas, rank) for good; None until the first epoch is planned (following
+        # the process group), so that a sampler built before the group starts shards by it.
+        self._ranks: tuple[int, int] | None = None
+        if num_replicas is not None:
+            self._ranks = replicas(num_replicas, rank, stacklevel=3)  # warns for 1 of W > 1
         self.epoch, self._start, self._resume = 0, 0, False  # _start: resume point if _resume
         self._iterator: Iterator[int] | None = None  # this epoch's, to count what it yielded
         self._cache: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def num_replicas(self) -> int:
+        """Ranks the epoch is shared by: the resolved value, else the process group's now."""
+        return self._current_ranks()["num_replicas"]
+
+    @property
+    def rank(self) -> int:
+        """This rank's share: the resolved value, else the process group's now."""
+        return self._current_ranks()["rank"]
+
+    def _current_ranks(self) -> dict[str, int]:
+        """``num_replicas`` and ``rank`` as keywords: the resolved ones, else what they would
+        resolve to now (fixing nothing)."""
+        if self._ranks is None:
+            size, me = world()
+            return {
+                "num_replicas": size,
+                "rank": me if self._asked_rank is None else self._asked_rank,
+            }
+        return {"num_replicas": self._ranks[0], "rank": self._ranks[1]}
+
+    def _resolved_plan(self) -> Any:
+        """``self._plan``, its ranks resolved (at the first call: they are fixed from then on,
+        and the plan's checks that need them run here)."""
+        if self._ranks is None:
+            ranks = replicas(None, self._asked_rank)
+            if self._plan is not None and (self._plan.num_replicas, self._plan.rank) != ranks:
+                self._plan = dataclasses.replace(self._plan, num_replicas=ranks[0], rank=ranks[1])
+            self._ranks = ranks
+        return self._plan
+
+    def _check_world(self) -> None:
+        """Resolve the ranks; refuse a process group whose size is no longer theirs."""
+        self._resolved_plan()
+        planned, size = self._ranks[0], world()[0]
+        if self._follows_group and size != planned:
+            raise ValueError(
+                f"{type(self).__name__} planned its epochs for {planned} "
+                f"{'process' if planned == 1 else 'processes'}, but the process group now has "
+                f"{size} {'rank' if size == 1 else 'ranks'}: build the sampler after the process "
+                f"group starts, or start the group before the sampler's first set_epoch, len, "
+                f"iter or state_dict"
+            )
+
+    @property
+    def config(self) -> dict:
+        """What a saved state must match to load (but for ``rank``): the plan's fields, its
+        ranks resolved."""
+        return dataclasses.asdict(self._resolved_plan())
 
     def _compute_indices(self, epoch: int) -> torch.Tensor:
         raise NotImplementedError
@@ -154,6 +232,7 @@ class EpochSampler(DistributedSampler[int]):
         usual ``set_epoch(epoch)`` at the top of a resumed training loop is safe.
         """
         epoch = as_int("epoch", epoch, 0)
+        self._check_world()
         if not (self._resume and epoch == self.epoch):
             self.epoch, self._start, self._resume, self._iterator = epoch, 0, False, None
 
@@ -177,6 +256,7 @@ class EpochSampler(DistributedSampler[int]):
         self._cache = None
 
     def _indices(self) -> torch.Tensor:
+        self._resolved_plan()  # the first epoch planned fixes the ranks
         if self._cache is None or self._cache[0] != self.epoch:
             self._cache = (self.epoch, self._compute_indices(self.epoch))
         return self._cache[1]
@@ -187,6 +267,7 @@ class EpochSampler(DistributedSampler[int]):
         return self._indices().numel()
 
     def __iter__(self) -> Iterator[int]:
+        self._check_world()
         check_not_sharded_again(self)
         start, self._resume = (self._start if self._resume else 0), False
         # A plain list iterator of Python ints: C-speed iteration, and it knows what is left.
@@ -207,20 +288,17 @@ class PlanSampler(EpochSampler):
     (its options and the run they sample for) and the epoch.
 
     Subclasses set ``options_class`` (the method's :class:`~sievetrain.options.Options`)
-    and ``plan_indices(plan, epoch)``; the plan has fields ``seed``, ``num_replicas`` and
-    ``rank``. The plan's fields read as attributes (``sampler.ratio``), and the plan is the
+    and ``plan_indices(plan, epoch)``, and build ``self._plan`` after ``__init__`` (see
+    :class:`EpochSampler`); the plan has fields ``seed``, ``num_replicas`` and ``rank``.
+    The plan's fields read as attributes (``sampler.ratio``), and the plan is the
     ``config`` a state must match to load (but for ``rank``).
     """
 
     options_class: ClassVar[type]
     plan_indices: ClassVar[Callable[[Any, int], torch.Tensor]]
 
-    def __init__(self, plan: Any) -> None:
-        super().__init__(plan.num_replicas, plan.rank)
-        self._plan = plan
-
     def __getattr__(self, name: str) -> object:  # the arguments, read-only: sampler.ratio, ...
-        if "_plan" in self.__dict__ and name in self._plan.names():
+        if self.__dict__.get("_plan") is not None and name in self._plan.names():
             return getattr(self._plan, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
@@ -230,11 +308,11 @@ class PlanSampler(EpochSampler):
         return self.options_class.of(self._plan)
 
     def _compute_indices(self, epoch: int) -> torch.Tensor:
-        return type(self).plan_indices(self._plan, epoch)
+        return type(self).plan_indices(self._resolved_plan(), epoch)
 
     def state_dict(self) -> dict:
         """Config, epoch and position (indices already yielded this epoch)."""
-        return {"config": asdict(self._plan), "epoch": self.epoch, "position": self.position}
+        return {"config": self.config, "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore epoch and position; the next ``__iter__`` (once) resumes at ``position``.
@@ -242,5 +320,5 @@ class PlanSampler(EpochSampler):
         Raises:
             ValueError: the saved config differs from this sampler's, or the position is invalid.
         """
-        check_same_config(asdict(self._plan), state["config"])
+        check_same_config(self.config, state["config"])
         self.load_position(state["epoch"], state["position"])

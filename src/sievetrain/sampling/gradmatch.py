@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -208,8 +208,10 @@ class GradMatchSampler(EpochSampler):
         epochs: The run's epochs E, for the warm-start schedule.
         seed: Run seed (partition, order, random fill).
         num_replicas: Ranks that train (the torchrun world size); default: the
-            process group's size, 1 without one.
-        rank: This rank, in ``[0, num_replicas)``; default: the process group's.
+            process group's size (1 without one) when the first epoch is planned (see
+            :class:`~sievetrain.sampling.EpochSampler`): the sampler may be built before
+            the group starts.
+        rank: This rank, in ``[0, num_replicas)``; default: the process group's, likewise.
         **options: the other fields of :class:`GradMatchOptions`: ``interval`` (R,
             epochs between selections; 0 selects once), ``kappa`` (κ, see
             :func:`warm_start_schedule`), ``lam`` (λ) and ``eps`` (ε) of the OMP, and
@@ -246,20 +248,15 @@ class GradMatchSampler(EpochSampler):
         rank: int | None = None,
         **options: Any,
     ) -> None:
-        num_replicas, rank = distributed.replicas(num_replicas, rank)
         super().__init__(num_replicas, rank)
         run = {"n": n, "batch_size": batch_size, "epochs": epochs, "seed": seed}
-        self._plan = _Plan(ratio=ratio, num_replicas=num_replicas, rank=rank, **run, **options)
+        self._plan = _Plan(ratio=ratio, **self._current_ranks(), **run, **options)
         self._round: int | None = None  # round the current subset was selected for
         self._batches = torch.zeros(0, dtype=torch.long)  # chosen batch ids
         self._batch_weights = torch.zeros(0, dtype=torch.float64)
         self._weights = torch.zeros(0)  # (n,) per-sample loss weight, from the two above
         # Per selection: epoch, seconds, batches OMP chose, batches this rank scored.
         self.selections: list[dict] = []
-
-    @property
-    def config(self) -> dict:
-        return asdict(self._plan)
 
     @property
     def options(self) -> GradMatchOptions:
@@ -270,10 +267,11 @@ class GradMatchSampler(EpochSampler):
     ) -> None:
         """Select the subset for the current epoch if its round has none yet (on every
         rank at once when ``num_replicas > 1``: the ranks exchange gradients)."""
-        r = self._plan.round(self.epoch)
+        plan = self._resolved_plan()
+        r = plan.round(self.epoch)
         if not isinstance(r, int) or r == self._round:
             return
-        start, plan = time.perf_counter(), self._plan
+        start = time.perf_counter()
         fill = make_generator(plan.seed, "gradmatch-fill", r)
         if plan.match:
             batches, weights, by_omp = self._match(distributed.unwrap(model), dataset, layer, fill)
@@ -317,14 +315,16 @@ class GradMatchSampler(EpochSampler):
 
     def __len__(self) -> int:  # known before the selection (a step schedule needs it)
         check_not_sharded_again(self)
-        r, plan = self._plan.round(self.epoch), self._plan
+        plan = self._resolved_plan()
+        r = plan.round(self.epoch)
         if r == "skip":
             return 0
         total = plan.n if r == "full" else plan.budget * plan.batch_size  # all ranks'
         return total // plan.num_replicas
 
     def _compute_indices(self, epoch: int) -> Tensor:
-        r, plan = self._plan.round(epoch), self._plan
+        plan = self._resolved_plan()
+        r = plan.round(epoch)
         if r == "full":
             return _full_data_indices(plan.n, 1.0, seed=plan.seed, epoch=epoch, **plan.ranks)
         if r == "skip":

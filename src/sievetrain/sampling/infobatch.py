@@ -17,13 +17,13 @@ under ``torchrun`` it merges the ranks' losses so that every rank prunes alike.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 from torch import Tensor
 
-from sievetrain.distributed import all_reduce, replicas, world
+from sievetrain.distributed import all_reduce, world
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
 from sievetrain.sampling.base import (
@@ -185,9 +185,10 @@ class InfoBatchSampler(EpochSampler):
         delta: δ in (0, 1].
         seed: Run seed (drop draws ``(seed, "infobatch", epoch)``, order ``(seed,
             "order", epoch)``); the global RNGs are never touched.
-        num_replicas: Ranks sharing the epoch; default: the process group's size.
-        rank: This rank; default: the process group's (see
-            :func:`sievetrain.distributed.replicas`).
+        num_replicas: Ranks sharing the epoch; default: the process group's size when the
+            first epoch is planned (see :class:`~sievetrain.sampling.EpochSampler`), so the
+            sampler may be built before the group starts.
+        rank: This rank; default: the process group's, likewise.
 
     Ranks: every rank plans the same global epoch and trains positions
     ``rank::num_replicas`` of it, cut to a multiple of ``num_replicas`` (lockstep). Each
@@ -218,21 +219,15 @@ class InfoBatchSampler(EpochSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        size, rank = replicas(num_replicas, rank)
-        super().__init__(size, rank)
-        self._plan = _Plan(
-            n=n, prune=prune, delta=delta, epochs=epochs, seed=seed, num_replicas=size, rank=rank
-        )
+        super().__init__(num_replicas, rank)
+        run = {"n": n, "epochs": epochs, "seed": seed, **self._current_ranks()}
+        self._plan = _Plan(prune=prune, delta=delta, **run)
         self._scores = torch.ones(n, dtype=torch.float32)  # (n,) latest training loss
         self._observed = torch.zeros(n, dtype=torch.bool)  # (n,) scored since the last merge
         self._global: Tensor | None = None  # (k,) this epoch's plan, every rank's indices
         self._weights: Tensor | None = None  # (n,) this epoch's, set with the cached indices
         self._pruned: dict[int, int] = {}  # epoch -> samples pruned
         self._restored: tuple[int, Tensor, Tensor | None] | None = None  # from load_state_dict
-
-    @property
-    def config(self) -> dict:
-        return asdict(self._plan)
 
     @property
     def options(self) -> InfoBatchOptions:
@@ -261,14 +256,15 @@ class InfoBatchSampler(EpochSampler):
         self._observed.zero_()
 
     def _compute_indices(self, epoch: int) -> Tensor:
+        plan = self._resolved_plan()
         if self._restored is not None and self._restored[0] == epoch:
             _, self._global, self._weights = self._restored  # planned before the checkpoint
         else:
             self._merge_observations()
-            self._global, self._weights = _epoch_plan(self._plan, self._scores, epoch)
+            self._global, self._weights = _epoch_plan(plan, self._scores, epoch)
         self._restored = None
-        self._pruned[epoch] = self._plan.n - self._global.numel()
-        return shard(self._global, self._plan.num_replicas, self._plan.rank)
+        self._pruned[epoch] = plan.n - self._global.numel()
+        return shard(self._global, plan.num_replicas, plan.rank)
 
     def sample_weights(self, idx: Tensor) -> Tensor | None:
         """Loss weight of each dataset index in ``idx`` this epoch (CPU float32); None: all 1."""

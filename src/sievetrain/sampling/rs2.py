@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from sievetrain.distributed import replicas
 from sievetrain.options import Options, RunContext, option
 from sievetrain.sampling.base import PlanSampler, as_int, check_ranks, shard
 from sievetrain.sampling.srs import soft_random_indices, subset_size
@@ -166,9 +165,10 @@ class RS2Sampler(PlanSampler):
     counts the indices its iterator has yielded this epoch (``position``), so a checkpoint can
     resume mid-epoch. Arguments are those of :func:`rs2_indices` (``seed`` defaults to 0); each
     is readable as an attribute (``sampler.ratio``, ``sampler.n``, ...), and ``sampler.options``
-    is the :class:`RS2Options`. ``num_replicas`` and ``rank`` default from the process group
-    (see :func:`sievetrain.distributed.replicas`): under ``torchrun`` each rank yields its own
-    share of the epoch's global chunk. The state rank 0 saves loads on every rank.
+    is the :class:`RS2Options`. ``num_replicas`` and ``rank`` default from the process group,
+    as it is when the first epoch is planned (see :class:`~sievetrain.sampling.EpochSampler`),
+    so the sampler may be built before the group starts: under ``torchrun`` each rank yields
+    its own share of the epoch's global chunk. The state rank 0 saves loads on every rank.
     """
 
     options_class = RS2Options
@@ -183,10 +183,8 @@ class RS2Sampler(PlanSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        num_replicas, rank = replicas(num_replicas, rank)
-        super().__init__(
-            _RS2Plan(n=n, ratio=ratio, seed=seed, num_replicas=num_replicas, rank=rank)
-        )
+        super().__init__(num_replicas, rank)
+        self._plan = _RS2Plan(n=n, ratio=ratio, seed=seed, **self._current_ranks())
 
     @property
     def subset_size(self) -> int:

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import torch
 
-from sievetrain.distributed import replicas
 from sievetrain.options import Options, RunContext, option
 from sievetrain.rng import make_generator
 from sievetrain.sampling.base import PlanSampler, as_int, check_ranks, shard
@@ -208,10 +207,11 @@ class SoftRandomSampler(PlanSampler):
     Arguments are those of :func:`soft_random_indices` (``seed`` defaults to 0; ``**options``
     are :class:`SRSOptions` and ``batch_size``); each is readable as an attribute
     (``sampler.ratio``, ``sampler.interval``, ...), and ``sampler.options`` is the
-    :class:`SRSOptions`. ``num_replicas`` and ``rank`` default from the process group (see
-    :func:`sievetrain.distributed.replicas`): under ``torchrun`` each rank yields its own
-    share of the epoch's global subset; in batch granularity ``batch_size`` is the global
-    batch. The state rank 0 saves loads on every rank.
+    :class:`SRSOptions`. ``num_replicas`` and ``rank`` default from the process group, as it
+    is when the first epoch is planned (see :class:`~sievetrain.sampling.EpochSampler`), so
+    the sampler may be built before the group starts: under ``torchrun`` each rank yields
+    its own share of the epoch's global subset; in batch granularity ``batch_size`` is the
+    global batch. The state rank 0 saves loads on every rank.
 
     Note: a ``DataLoader`` with workers pulls indices ahead of training; a trainer that
     checkpoints mid-epoch should overwrite ``state["position"]`` with the samples it consumed.
@@ -230,9 +230,8 @@ class SoftRandomSampler(PlanSampler):
         rank: int | None = None,
         **options: Any,
     ) -> None:
-        num_replicas, rank = replicas(num_replicas, rank)
-        plan = _Plan(n=n, ratio=ratio, seed=seed, num_replicas=num_replicas, rank=rank, **options)
-        super().__init__(plan)
+        super().__init__(num_replicas, rank)
+        self._plan = _Plan(n=n, ratio=ratio, seed=seed, **self._current_ranks(), **options)
 
     @property
     def subset_size(self) -> int:
