@@ -176,7 +176,7 @@ def prepare_loader(
     mid-epoch too. After ``load_state``, ``loader.sampler.epoch`` is the epoch to go on with.
 
     Args:
-        accelerator: the run's; build the sampler after it, so that it shards by its ranks.
+        accelerator: the run's; the sampler shards over its processes at its first epoch.
         dataset: a map-style dataset (wrap it in :class:`~sievetrain.data.IndexedDataset`
             for each sample's index).
         batch_size: samples per batch on each process (the global batch is W times it).
@@ -194,8 +194,9 @@ def prepare_loader(
     if (sampler.num_replicas, sampler.rank) != mine:
         raise ValueError(
             f"sampler has num_replicas={sampler.num_replicas}, rank={sampler.rank}, but the "
-            f"accelerator runs {mine[0]} processes and this is process {mine[1]}: build the "
-            f"sampler after Accelerator(), leaving num_replicas and rank unset"
+            f"accelerator runs {mine[0]} processes and this is process {mine[1]}: leave "
+            f"num_replicas and rank unset, and the sampler follows the process group at its "
+            f"first epoch"
         )
     register_for_checkpointing(accelerator, loader)
     return loader
