@@ -1,16 +1,29 @@
 """StochGradAdam under data parallelism: every rank draws the same masks (one
-shared seed, one generator per device type), so DDP replicas stay bitwise equal,
-also across a resume; a lone process follows ``torch.manual_seed``."""
+shared seed, taken at the first step, one generator per device type), so DDP
+replicas stay bitwise equal, also across a resume, through ``torch.save`` or
+``torch.distributed.checkpoint``, and with the optimizer built before the process
+group; a lone process follows ``torch.manual_seed``."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from sievetrain import distributed
 from sievetrain.optim import StochGradAdam
@@ -90,6 +103,42 @@ def _resume_run(rank: int) -> dict:
     }
 
 
+def _dcp_resume_run(rank: int, folder: str | None, **options) -> dict:
+    """Ten steps, a checkpoint through get_state_dict (to ``folder`` with dcp when given,
+    sharded state dicts; else full ones, in memory), a fresh model and optimizer,
+    set_state_dict, ten more; and twenty steps straight."""
+    options = StateDictOptions(full_state_dict=folder is None, **options)
+    batches = _batches(rank, 20)
+
+    def fresh(global_seed):
+        torch.manual_seed(global_seed)  # seed=None: rank 0's, at the first step
+        model = nn.parallel.DistributedDataParallel(_model())
+        return model, StochGradAdam(model.parameters(), lr=1e-2, sampling_rate=0.5)
+
+    model, optimizer = fresh(7)
+    _train(model, optimizer, batches)
+    straight = _flat(model)
+
+    model, optimizer = fresh(7)
+    _train(model, optimizer, batches[:10])
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    if folder is not None:
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
+    model, optimizer = fresh(1000 + rank)  # another seed: the loaded one must win
+    if folder is not None:
+        model_state, optim_state = get_state_dict(model, optimizer, options=options)
+        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=optim_state,
+        options=options,
+    )
+    _train(model, optimizer, batches[10:])
+    return {"straight": straight.numpy(), "resumed": _flat(model).numpy()}
+
+
 def _seed_per_rank(rank: int) -> bool:
     """The control: a different seed on each rank does break sync, so a rank drawing
     its own seed (as seed=None once did) would fail the tests below."""
@@ -99,21 +148,26 @@ def _seed_per_rank(rank: int) -> bool:
     return distributed.in_sync(model)
 
 
-def _on_each_rank(rank, world):
+def _on_each_rank(rank, world, folder):
     return {
         "shared": _ddp_run(rank, None),
         "given": _ddp_run(rank, 0),
         "resume": _resume_run(rank),
+        "dcp sharded": _dcp_resume_run(rank, f"{folder}/sharded"),
+        "dcp full": _dcp_resume_run(rank, None),
+        "dcp flattened": _dcp_resume_run(
+            rank, f"{folder}/flattened", flatten_optimizer_state_dict=True
+        ),
         "per_rank": _seed_per_rank(rank),
     }
 
 
 @pytest.fixture(scope="module")
-def ranked():
+def ranked(tmp_path_factory):
     """Every rank's results, from one start of two gloo ranks (each start costs seconds)."""
     from ranks import run_ranks
 
-    return run_ranks(_on_each_rank)
+    return run_ranks(_on_each_rank, str(tmp_path_factory.mktemp("dcp")))
 
 
 @pytest.mark.parametrize(("run", "seed"), [("shared", None), ("given", 0)])
@@ -136,3 +190,30 @@ def test_resume_on_two_ranks_is_bitwise_an_uninterrupted_run(ranked):
     for r in (r0, r1):
         assert np.array_equal(r["resumed"], r["straight"]) and r["in_sync"]
     assert np.array_equal(r0["resumed"], r1["resumed"])
+
+
+@pytest.mark.parametrize("how", ["dcp sharded", "dcp full", "dcp flattened"])
+def test_resume_through_distributed_checkpoint_is_bitwise_an_uninterrupted_run(ranked, how):
+    """get_state_dict / set_state_dict keep an optimizer's state and param groups only:
+    the mask stream travels in the first param group, so the resumed run is exact."""
+    for r in ranked:
+        assert np.array_equal(r[how]["resumed"], r[how]["straight"])
+    assert np.array_equal(ranked[0][how]["resumed"], ranked[1][how]["resumed"])
+
+
+RUN = Path(__file__).with_name("seed_before_group_run.py")
+
+
+def test_seed_none_built_before_the_process_group_keeps_replicas_in_sync(tmp_path):
+    """Built before init_process_group, each rank with its own global seed: the seed is
+    rank 0's, taken at the first step, so the DDP replicas stay bitwise equal."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", str(RUN), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for path in ("fused", "unfused"):
+        results = [r[path] for r in ranks]
+        assert all(r["unresolved"] and r["in_sync"] for r in results), path
+        assert results[0]["seed"] == results[1]["seed"], path

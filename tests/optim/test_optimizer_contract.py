@@ -6,6 +6,7 @@ every entry point, Adam's switches, and complex and half-precision parameters.""
 from __future__ import annotations
 
 import copy
+import io
 import pickle
 import types
 
@@ -234,3 +235,191 @@ def test_half_precision_parameters_stay_finite_and_follow_float32(dtype, options
         assert all(torch.isfinite(t).all() for t in (params[0], *state.values()))
         runs.append(params[0].detach().float())
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-2, atol=1e-2)
+
+
+def _model(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def _train(model, optimizer, n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        optimizer.zero_grad()
+        x, y = torch.randn(16, 6, generator=generator), torch.randint(3, (16,), generator=generator)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["named_parameters()", "named groups"])
+@pytest.mark.parametrize("path", PATHS)
+def test_named_parameters_are_taken_as_adam_takes_them(path, grouped):
+    """torch >= 2.6 takes (name, parameter) pairs and keeps the names as each group's
+    param_names, in state_dict() too; at rate 1 the steps are Adam's, bitwise."""
+
+    def params(model):
+        named = list(model.named_parameters())
+        if not grouped:
+            return named
+        return [{"params": named[:2], "lr": 1e-2}, {"params": named[2:]}]
+
+    models = [_model(), _model()]
+    adam = torch.optim.Adam(params(models[0]), lr=3e-3, **PATHS[path])
+    ours = StochGradAdam(params(models[1]), lr=3e-3, sampling_rate=1.0, **PATHS[path])
+    assert torch.equal(_train(models[1], ours, 5), _train(models[0], adam, 5))
+    names = [g["param_names"] for g in ours.state_dict()["param_groups"]]
+    assert names == [g["param_names"] for g in adam.state_dict()["param_groups"]]
+    assert sum(names, []) == [name for name, _ in models[1].named_parameters()]
+    masked = StochGradAdam(params(_model()), sampling_rate=0.5, seed=0, **PATHS[path])
+    masked.load_state_dict(ours.state_dict())  # ours, at rate 1: the options come along
+    assert [g["param_names"] for g in masked.param_groups] == names
+
+
+def _mixed_params(seed=0):
+    """float32 and float64 tensors in one group, a complex one, a channels-last one."""
+    generator = torch.Generator().manual_seed(seed)
+    conv = torch.randn(4, 3, 3, 3, generator=generator).to(memory_format=torch.channels_last)
+    tensors = [
+        torch.randn(30, 20, generator=generator),
+        torch.randn(20, generator=generator, dtype=torch.float64),
+        torch.randn(7, 5, generator=generator, dtype=torch.complex64),
+        conv,
+    ]
+    return [torch.nn.Parameter(t) for t in tensors]
+
+
+def _stepped(params, optimizer, n, seed=0):
+    """``params``, flattened to float64 (complex ones as real views), after ``n`` steps on
+    random gradients."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        optimizer.step()
+    real = [torch.view_as_real(p.detach()) if p.is_complex() else p.detach() for p in params]
+    return torch.cat([t.flatten().double() for t in real])
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+@pytest.mark.parametrize("options", [{}, {"amsgrad": True, "mask": "tensor"}], ids=["", "amsgrad"])
+@pytest.mark.parametrize("path", PATHS)
+def test_a_saved_and_loaded_state_continues_bitwise_on_every_path(path, options, weights_only):
+    """Through torch.save and torch.load, on a group of float32, float64, complex and
+    channels-last parameters: the resumed run is bitwise the uninterrupted one."""
+
+    def fresh(seed):
+        params = _mixed_params()
+        optimizer = StochGradAdam(params, sampling_rate=0.5, seed=seed, **options, **PATHS[path])
+        return params, optimizer
+
+    params, optimizer = fresh(2)
+    _stepped(params, optimizer, 3)
+    straight = _stepped(params, optimizer, 3, seed=1)
+
+    params, optimizer = fresh(2)
+    _stepped(params, optimizer, 3)
+    buffer = io.BytesIO()
+    torch.save(
+        {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict()}, buffer
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=weights_only)
+    params, optimizer = fresh(99)  # the seed is restored too
+    for p, value in zip(params, saved["params"], strict=True):
+        p.data.copy_(value)
+    optimizer.load_state_dict(saved["optimizer"])
+    assert torch.equal(_stepped(params, optimizer, 3, seed=1), straight)
+
+
+def _f32(x):
+    return torch.tensor(x)  # float32, as a user's torch.tensor(0.9) is
+
+
+def _pair(path, betas, adam_betas=None):
+    """Adam and StochGradAdam at rate 1 on twin models, with ``betas`` (Adam's changed
+    to ``adam_betas`` after construction, where given)."""
+    models = [_model(), _model()]
+    adam = torch.optim.Adam(models[0].parameters(), lr=3e-3, betas=betas, **PATHS[path])
+    if adam_betas is not None:
+        adam.param_groups[0]["betas"] = adam_betas
+    ours = StochGradAdam(
+        models[1].parameters(), lr=3e-3, betas=adam_betas or betas, sampling_rate=1.0, **PATHS[path]
+    )
+    return models, adam, ours
+
+
+@pytest.mark.parametrize("path", ["fused", "per-tensor"])  # Adam refuses tensors on foreach
+def test_tensor_betas_are_computed_with_as_adam_computes_with_them(path):
+    """Adam keeps tensor betas as tensors and computes with them in their dtype: at rate
+    1 the step is Adam's, bitwise, with both tensors, with one (given so, which Adam
+    itself refuses at construction but steps with), and with the float β1 that
+    OneCycleLR(cycle_momentum=True) then writes beside the tensor β2."""
+    (adam_model, model), adam, ours = _pair(path, (_f32(0.9), _f32(0.999)))
+    assert torch.equal(_train(model, ours, 4), _train(adam_model, adam, 4))
+    saved = [o.state_dict()["param_groups"][0]["betas"] for o in (ours, adam)]
+    assert [type(b) for b in saved[0]] == [type(b) for b in saved[1]] == [torch.Tensor] * 2
+
+    (adam_model, model), adam, ours = _pair(path, (_f32(0.9), _f32(0.999)), (_f32(0.8), 0.999))
+    assert torch.equal(_train(model, ours, 4), _train(adam_model, adam, 4))
+
+    schedulers = []
+    for optimizer in (adam, ours):
+        optimizer.param_groups[0]["betas"] = (0.9, _f32(0.999))
+        schedulers.append(torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-2, total_steps=8))
+    for _ in range(4):  # β1 cycled as a float, β2 still a tensor
+        assert torch.equal(_train(model, ours, 1), _train(adam_model, adam, 1))
+        for scheduler in schedulers:
+            scheduler.step()
+    betas = ours.param_groups[0]["betas"]
+    assert isinstance(betas[0], float) and isinstance(betas[1], torch.Tensor)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_float32_and_float64_parameters_in_one_group_step_as_adams(path):
+    """One group of both dtypes: at rate 1 Adam's step on every path, bitwise; masked,
+    the two unfused paths agree bitwise (test_fused.py checks the fused one against the
+    functional update)."""
+
+    def mixed():
+        return _params((30, 20), seed=0) + _params((20,), (4, 5), dtype=torch.float64, seed=1)
+
+    adam_params, ours_params = mixed(), mixed()
+    adam = torch.optim.Adam(adam_params, lr=1e-2, **PATHS[path])
+    ours = StochGradAdam(ours_params, lr=1e-2, sampling_rate=1.0, **PATHS[path])
+    assert torch.equal(_stepped(ours_params, ours, 4), _stepped(adam_params, adam, 4))
+    runs = []
+    for foreach in (True, False):
+        params = mixed()
+        optimizer = StochGradAdam(params, sampling_rate=0.5, seed=1, fused=False, foreach=foreach)
+        runs.append(_stepped(params, optimizer, 4))
+    assert torch.equal(runs[0], runs[1])
+
+
+def _real(t):
+    return torch.view_as_real(t.detach()) if t.is_complex() else t.detach()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_complex_matrices_step_as_adams(path):
+    """At rate 1, complex matrices step as Adam steps them (fused: Adam refuses complex
+    parameters, so against Adam on their real views, as both step them)."""
+    generator = torch.Generator().manual_seed(0)
+    z = [
+        torch.randn(40, 5, dtype=d, generator=generator)
+        for d in (torch.complex64, torch.complex128)
+    ]
+    ours_params = [torch.nn.Parameter(t.clone()) for t in z]
+    adam_params = [torch.nn.Parameter((_real(t) if path == "fused" else t).clone()) for t in z]
+    ours = StochGradAdam(ours_params, lr=1e-2, sampling_rate=1.0, **PATHS[path])
+    adam = torch.optim.Adam(adam_params, lr=1e-2, **PATHS[path])
+    for _ in range(4):
+        for mine, theirs in zip(ours_params, adam_params, strict=True):
+            mine.grad = torch.randn(mine.shape, dtype=mine.dtype, generator=generator)
+            theirs.grad = torch.view_as_real(mine.grad) if path == "fused" else mine.grad.clone()
+        ours.step()
+        adam.step()
+    for mine, theirs in zip(ours_params, adam_params, strict=True):
+        assert torch.equal(_real(mine), _real(theirs))
+    assert not torch.equal(ours_params[0].detach(), z[0])

@@ -8,6 +8,7 @@ import copy
 import io
 import itertools
 import math
+import pickle
 
 import pytest
 import torch
@@ -382,20 +383,54 @@ def _masked_run(seed=None, steps=3):
     return params[0].detach(), optimizer
 
 
-def test_seed_none_follows_torch_manual_seed():
-    def run(global_seed):
-        params = _params((20, 20))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(global_seed)
-            optimizer = StochGradAdam(params, sampling_rate=0.5)
-        for _ in range(3):
+def _unresolved_run(optimizer, params, global_seed, steps=3):
+    """Steps ``optimizer`` under ``torch.manual_seed(global_seed)``, which seed=None takes
+    at the first step with gradients; the seed and the parameters after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(global_seed)
+        for _ in range(steps):
             params[0].grad = torch.ones_like(params[0])
             optimizer.step()
-        return optimizer.seed, params[0].detach()
+    return optimizer.seed, params[0].detach()
+
+
+def test_seed_none_is_taken_at_the_first_step_from_torch_manual_seed():
+    """Not at construction, where a data-parallel job may have no process group yet:
+    at the first step with gradients (a collective there: every rank steps together)."""
+
+    def run(global_seed):
+        params = _params((20, 20))
+        optimizer = StochGradAdam(params, sampling_rate=0.5)
+        assert optimizer.seed is None
+        optimizer.step()  # no gradients: nothing stepped, nothing drawn, the seed still open
+        assert optimizer.seed is None and optimizer.state_dict()["seed"] is None
+        return _unresolved_run(optimizer, params, global_seed)
 
     (seed, first), (seed_again, again), (other_seed, other) = run(5), run(5), run(6)
     assert seed == seed_again and torch.equal(first, again)
     assert other_seed != seed and not torch.equal(first, other)
+
+
+def test_a_state_saved_before_the_seed_is_taken_loads_and_takes_it_at_the_first_step():
+    """Before its first step a seed=None optimizer saves ``seed: None`` and no generator;
+    loaded (also over a given seed), copied or pickled, it takes the seed at its own
+    first step, as the original does."""
+    params = _params((20, 20))
+    original = StochGradAdam(params, sampling_rate=0.5)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert saved["seed"] is None and saved["generators"] == {}
+    loaded_params = _params((20, 20))
+    loaded = StochGradAdam(loaded_params, sampling_rate=0.5, seed=3)
+    loaded.load_state_dict(saved)
+    assert loaded.seed is None
+    twins = [copy.deepcopy((params, original)), pickle.loads(pickle.dumps((params, original)))]
+    expected = _unresolved_run(original, params, 5)
+    for twin_params, twin in [(loaded_params, loaded), *twins]:
+        seed, stepped = _unresolved_run(twin, twin_params, 5)
+        assert seed == expected[0] and torch.equal(stepped, expected[1])
 
 
 def test_generators_are_keyed_by_device_type_and_old_cuda_keys_map_to_cuda():

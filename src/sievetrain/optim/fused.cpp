@@ -10,6 +10,9 @@
 // word 8 * (i / 16) + i % 8 (so that 8 consecutive entries read 8 consecutive words,
 // which vectorises), and is kept when that lane is below threshold = round(s * 2**16),
 // compared unsigned, so every rate in (0, 1] is represented (65536 keeps all).
+// i is the entry's index in the whole tensor: a shard (FSDP2) whose entries are
+// entries [offset, offset + numel) of its tensor passes that offset, and draws the
+// masks the unsharded tensor draws there.
 
 #include <cmath>
 #include <cstdint>
@@ -41,14 +44,16 @@ inline uint32_t mix32(uint32_t x) {  // a 32-bit integer hash of full avalanche
   return x ^ (x >> 16);
 }
 
-// Keep flags (1 or 0) of entries [start, start + n) of the tensor keyed by `k`, where
-// start % 16 == 0; `keep` has room for n rounded up to a multiple of 16. The words are
-// hashed first, then split into lanes: two straight loops, each one vector wide.
+// Keep flags (1 or 0) of entries [start, start + n) of the tensor keyed by `k`, n <= BLOCK;
+// `keep` has room for BLOCK + 16. Drawn from the multiple of 16 at or below `start`
+// (the layout repeats every 16 entries); returns where entry `start`'s flag is. The
+// words are hashed first, then split into lanes: two straight loops, each one vector wide.
 template <typename T>
-inline void draw(uint64_t k, int64_t start, int64_t n, uint32_t threshold, T* keep) {
-  const uint32_t first = (uint32_t)(start / 2), klo = (uint32_t)k, khi = (uint32_t)(k >> 32);
-  uint32_t bits[BLOCK / 2];
-  const int64_t words = ((n + 15) / 16) * 8;
+inline const T* draw(uint64_t k, int64_t start, int64_t n, uint32_t threshold, T* keep) {
+  const int64_t aligned = start - start % 16;
+  const uint32_t first = (uint32_t)(aligned / 2), klo = (uint32_t)k, khi = (uint32_t)(k >> 32);
+  uint32_t bits[(BLOCK + 16) / 2];
+  const int64_t words = ((n + start - aligned + 15) / 16) * 8;
   for (int64_t w = 0; w < words; ++w) {
     bits[w] = mix32(mix32(first + (uint32_t)w + klo) ^ khi);
   }
@@ -58,23 +63,27 @@ inline void draw(uint64_t k, int64_t start, int64_t n, uint32_t threshold, T* ke
       keep[16 * q + 8 + r] = (T)((bits[8 * q + r] >> 16) < threshold);
     }
   }
+  return keep + (start - aligned);
 }
 
-// The update of entries [start, end) of one tensor; `mode`: 0 draw, 1 all kept, 2 none.
+// The update of entries [start, end) of one tensor, whose first entry is entry `offset`
+// of the whole tensor; `mode`: 0 draw, 1 all kept, 2 none.
 // FREEZE: a masked entry is left as it was (else it counts as a zero gradient).
 template <typename T, bool FREEZE, bool AMSGRAD>
 void update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
-            T* __restrict vmax, int64_t start, int64_t end, uint64_t k, int mode, T step_size,
-            T bc2_inv, const Step& s) {
+            T* __restrict vmax, int64_t start, int64_t end, int64_t offset, uint64_t k, int mode,
+            T step_size, T bc2_inv, const Step& s) {
   const T b1 = (T)s.beta1, b2 = (T)s.beta2, eps = (T)s.eps, wd = (T)s.weight_decay;
   const T scale = (T)s.scale, w1 = 1 - b1, w2 = 1 - b2, sign = s.maximize ? -1 : 1;
-  T keep[BLOCK];
+  T buffer[BLOCK + 16];
+  const T* keep = buffer;
   for (int64_t lo = start; lo < end; lo += BLOCK) {
     const int64_t n = (end - lo < BLOCK) ? end - lo : BLOCK;
     if (mode == 0) {
-      draw<T>(k, lo, n, s.threshold, keep);
+      keep = draw<T>(k, offset + lo, n, s.threshold, buffer);
     } else {
-      for (int64_t i = 0; i < n; ++i) keep[i] = (T)(mode == 1);
+      for (int64_t i = 0; i < n; ++i) buffer[i] = (T)(mode == 1);
+      keep = buffer;
     }
     for (int64_t i = 0; i < n; ++i) {  // no branches, so that it vectorises
       const int64_t e = lo + i;
@@ -104,21 +113,22 @@ void update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restri
 }
 
 template <typename T>
-void update(T* p, const T* g, T* m, T* v, T* vmax, int64_t start, int64_t end, uint64_t k,
-            int mode, T step_size, T bc2_inv, const Step& s) {
+void update(T* p, const T* g, T* m, T* v, T* vmax, int64_t start, int64_t end, int64_t offset,
+            uint64_t k, int mode, T step_size, T bc2_inv, const Step& s) {
   if (s.freeze) {
     (s.amsgrad ? update<T, true, true> : update<T, true, false>)(
-        p, g, m, v, vmax, start, end, k, mode, step_size, bc2_inv, s);
+        p, g, m, v, vmax, start, end, offset, k, mode, step_size, bc2_inv, s);
   } else {
     (s.amsgrad ? update<T, false, true> : update<T, false, false>)(
-        p, g, m, v, vmax, start, end, k, mode, step_size, bc2_inv, s);
+        p, g, m, v, vmax, start, end, offset, k, mode, step_size, bc2_inv, s);
   }
 }
 
 // A row of the table per tensor: p, g, m, v, vmax (0 without AMSGrad), step (a float32
 // count, incremented here), numel, mode (0 draw, 1 all kept, 2 none), dtype (0 float32,
-// 1 float64). All pointers are to dense memory in one layout.
-constexpr int ROW = 9;
+// 1 float64), offset (index of its first entry in the whole tensor: 0 but for shards).
+// All pointers are to dense memory in one layout.
+constexpr int ROW = 10;
 
 void step(int64_t count, const int64_t* table, uint64_t key, double lr, const Step& s,
           int threads) {
@@ -151,11 +161,11 @@ void step(int64_t count, const int64_t* table, uint64_t key, double lr, const St
     const int mode = (int)t[7];
     if (t[8] == 0) {
       update<float>((float*)t[0], (const float*)t[1], (float*)t[2], (float*)t[3],
-                    (float*)t[4], lo, hi, k, mode, (float)sizes[2 * j],
+                    (float*)t[4], lo, hi, t[9], k, mode, (float)sizes[2 * j],
                     (float)sizes[2 * j + 1], s);
     } else {
       update<double>((double*)t[0], (const double*)t[1], (double*)t[2], (double*)t[3],
-                     (double*)t[4], lo, hi, k, mode, sizes[2 * j], sizes[2 * j + 1], s);
+                     (double*)t[4], lo, hi, t[9], k, mode, sizes[2 * j], sizes[2 * j + 1], s);
     }
   }
 }

@@ -12,7 +12,10 @@ takes its unfused path.
 
 The fused stream is not the unfused path's: a step draws one 64-bit key from the
 optimizer's generator, and each entry's 16 bits are a hash of (key, tensor, entry)
-(``fused.cpp`` says which; :func:`keep_flags` computes the same flags in numpy).
+(``fused.cpp`` says which; :mod:`sievetrain.optim.stream` computes the same flags
+in numpy and in torch; its names are also this module's, as before). The entry is
+its index in the whole tensor: a shard (a DTensor's local tensor, FSDP2) passes the
+offset of its first entry and draws the whole tensor's masks there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import array
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -29,11 +33,19 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sievetrain.files import cache_dir
+from sievetrain.optim.shards import PLAIN, is_plain, local
+from sievetrain.optim.stream import (  # the stream's definition, named here as before
+    MASK_BITS,
+    keep_flags,
+    masks,
+    step_keys,
+    tensor_kept,
+    tensor_key,
+)
 
 __all__ = [
     "DTYPES",
@@ -51,9 +63,6 @@ __all__ = [
 
 SOURCE = Path(__file__).with_name("fused.cpp")
 DTYPES = {torch.float32: 0, torch.float64: 1}  # the kernel's dtype codes
-MASK_BITS = 16
-_M64 = 2**64 - 1
-_TENSOR = 0xD1B54A32D192ED03  # as in fused.cpp
 # Compiler flags to try in turn: native vector units and OpenMP threads, then less.
 # No errno from sqrt and no trapping FP: what lets the update loop vectorise.
 _OPT = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
@@ -69,15 +78,23 @@ SUPPORTED = {
 
 
 def supports(params: list[Tensor]) -> bool:
-    """Whether a fused step can take ``params``: CPU float32/float64 tensors dense in
-    memory (contiguous, channels-last, ...: the CPU kernel walks each in memory order,
-    which is therefore the order of its masks), or contiguous CUDA float32, float16
-    or bfloat16 tensors."""
-    return all(
-        p.dtype in SUPPORTED.get(p.device.type, ())
-        and (p.is_contiguous() if p.device.type == "cuda" else _dense(p))
-        for p in params
-    )
+    """Whether a fused step can take ``params`` (complex ones as their real views): CPU
+    float32/float64 tensors dense in memory (contiguous, channels-last, ...: the CPU
+    kernel walks each in memory order, which is therefore the order of its masks), or
+    contiguous CUDA float32, float16 or bfloat16 tensors. A DTensor is taken where its
+    local shard is a contiguous CPU one of these holding one run of its tensor's
+    entries (FSDP2's ``Shard(0)``); any other tensor subclass never."""
+    for p in params:
+        p, piece = local(p)
+        if p.is_complex():
+            p, piece = torch.view_as_real(p), piece and piece.as_real()
+        if not is_plain(p) or p.dtype not in SUPPORTED.get(p.device.type, ()):
+            return False
+        if piece is not None and (p.device.type != "cpu" or piece.start(p) is None):
+            return False  # a shard's masks need its offset: the CPU kernel alone takes one
+        if not (p.is_contiguous() if p.device.type == "cuda" else _dense(p)):
+            return False
+    return True
 
 
 def step_for(device_type: str) -> Callable[..., bool] | None:
@@ -189,74 +206,6 @@ def _load(path: Path) -> ctypes.CDLL:
     return library
 
 
-def _mix32(x: np.ndarray) -> np.ndarray:
-    """fused.cpp's mix32 on uint32 (wrapping arithmetic)."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
-def tensor_key(key: int, j: int) -> int:
-    """The 64-bit key of tensor ``j`` of a step keyed by ``key`` (as fused.cpp)."""
-    return _mix64((key + (j + 1) * _TENSOR) & _M64)
-
-
-def keep_flags(key: int, j: int, n: int, sampling_rate: float) -> np.ndarray:
-    """Which of the first ``n`` entries of tensor ``j`` the fused step keyed by ``key``
-    keeps (bool array): the kernel's stream, computed independently in numpy."""
-    k = tensor_key(key, j)
-    klo, khi = np.uint32(k & 0xFFFFFFFF), np.uint32(k >> 32)
-    i = np.arange(n, dtype=np.int64)
-    words = (8 * (i // 16) + i % 8).astype(np.uint32)
-    with np.errstate(over="ignore"):
-        bits = _mix32(_mix32(words + klo) ^ khi)
-    lanes = (bits >> (16 * ((i // 8) % 2)).astype(np.uint32)) & np.uint32(0xFFFF)
-    return lanes < round(sampling_rate * 2**MASK_BITS)
-
-
-def tensor_kept(key: int, j: int, threshold: int) -> bool:
-    """Mask "tensor": whether tensor ``j`` is kept, i.e. its stream's first entry,
-    ``keep_flags(key, j, 1, s)[0]`` (with ``threshold = round(s * 2**16)``)."""
-    k = tensor_key(key, j)
-    bits = _mix32_int(_mix32_int(k & 0xFFFFFFFF) ^ (k >> 32))  # word 0, lane 0
-    return (bits & 0xFFFF) < threshold
-
-
-def masks(params: list[Tensor], key: int, sampling_rate: float, mask: str) -> list[Tensor]:
-    """The 0/1 masks, shaped like ``params`` and in their dtypes, that the fused step
-    keyed by ``key`` applies to them (``mask`` "element" or "tensor"); for replaying
-    a step with :func:`sievetrain.optim.functional.stochgradadam`."""
-    out = []
-    for j, p in enumerate(params):
-        flags = keep_flags(key, j, 1 if mask == "tensor" else p.numel(), sampling_rate)
-        keep = torch.empty_like(p)  # p's layout: the flags are in memory order
-        _flat(keep).copy_(torch.from_numpy(flags).expand(p.numel()))
-        out.append(keep)
-    return out
-
-
-def _mix64(z: int) -> int:
-    """fused.cpp's mix64 (splitmix64's finaliser) on a Python int."""
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-def _mix32_int(x: int) -> int:
-    """fused.cpp's mix32 on a Python int."""
-    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
-    x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-def step_keys(generator: torch.Generator, count: int = 1) -> list[int]:
-    """``count`` 64-bit step keys (as non-negative ints) from ``generator``."""
-    drawn = torch.randint(-(2**63), 2**63 - 1, (count,), generator=generator)
-    return [int(k) & _M64 for k in drawn.tolist()]
-
-
 def stochgradadam_fused(
     params: list[Tensor],
     grads: list[Tensor],
@@ -277,21 +226,28 @@ def stochgradadam_fused(
     masked_state: str,
     scale: float,
     maximize: bool,
+    offsets: list[int] | None = None,
 ) -> bool:
     """One StochGradAdam step of ``params``, in place, its masks drawn from the stream
     keyed by ``key``: the update of :func:`sievetrain.optim.functional.stochgradadam`,
     computed in the parameters' precision. ``max_exp_avg_sqs``: AMSGrad's running
-    maxima, or None; ``state_steps``: float32 CPU counts, incremented by the kernel.
+    maxima, or None; ``state_steps``: float32 CPU counts, incremented by the kernel;
+    ``offsets``: where a shard's entries start in its whole tensor (0 for a whole one),
+    its masks being the whole tensor's there.
 
     Returns:
         False, having changed nothing, where a tensor is not one the kernel takes
-        (see :func:`supports`; a step count must be a float32 CPU tensor).
+        (see :func:`supports`; a step count must be a float32 CPU tensor; a tensor
+        subclass such as a DTensor never: pass its local shard).
     """
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or (), state_steps)
+    if not PLAIN.issuperset(map(type, itertools.chain(*lists))):
+        return False  # a subclass's (DTensor's) data_ptr() is not its entries' memory
     threshold = round(sampling_rate * 2**MASK_BITS)
     rows, copies = array.array("q"), []  # one row of int64 per tensor, as fused.cpp reads
     for j, p in enumerate(params):
         code, stride, step = DTYPES.get(p.dtype), p.stride(), state_steps[j]
-        m, v = exp_avgs[j], exp_avg_sqs[j]
+        m, v, g = exp_avgs[j], exp_avg_sqs[j], grads[j]
         vmax = max_exp_avg_sqs[j] if max_exp_avg_sqs is not None else m  # m: a stand-in
         if code is None or p.device.type != "cpu" or not (p.is_contiguous() or _dense(p)):
             return False
@@ -299,7 +255,6 @@ def stochgradadam_fused(
             return False
         if step.dtype != torch.float32 or step.device.type != "cpu":
             return False
-        g = grads[j]
         if g.stride() != stride or g.dtype != p.dtype:
             g = torch.empty_like(p).copy_(g)  # in p's layout, as the kernel reads it
             copies.append(g)  # alive until the kernel has run
@@ -309,7 +264,8 @@ def stochgradadam_fused(
             mode = 0 if threshold < 2**MASK_BITS else 1
         maxima = vmax.data_ptr() if max_exp_avg_sqs is not None else 0
         pointers = (p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), maxima)
-        rows.extend((*pointers, step.data_ptr(), p.numel(), mode, code))
+        offset = 0 if offsets is None else offsets[j]
+        rows.extend((*pointers, step.data_ptr(), p.numel(), mode, code, offset))
     flags = maximize | (masked_state == "freeze") << 1 | (max_exp_avg_sqs is not None) << 2
     library.sievetrain_stochgradadam(
         len(params), rows.buffer_info()[0], key, threshold, lr, beta1, beta2, eps, weight_decay,

@@ -19,6 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from sievetrain.optim.fused import MASK_BITS, SUPPORTED, tensor_kept, tensor_key
+from sievetrain.optim.shards import is_plain
 
 __all__ = ["stochgradadam_triton"]
 
@@ -91,13 +92,17 @@ def stochgradadam_triton(
     masked_state: str,
     scale: float,
     maximize: bool,
+    offsets: list[int] | None = None,
 ) -> bool:
     """The fused step of :func:`sievetrain.optim.fused.stochgradadam_fused`, on CUDA
     tensors (and on CPU ones under ``TRITON_INTERPRET=1``), computed in float32;
-    returns False, having changed nothing, where a tensor is not a contiguous
+    returns False, having changed nothing, where a tensor is not a plain contiguous
     float32, float16 or bfloat16 one with contiguous state (float64 goes unfused:
-    Triton passes the step's scalars in float32)."""
+    Triton passes the step's scalars in float32), or for shards (``offsets`` given:
+    their masks are computed apart, :mod:`sievetrain.optim.stream`)."""
     tensors = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or []]
+    if offsets is not None or not all(is_plain(t) for group in tensors for t in group):
+        return False
     if any(p.dtype not in SUPPORTED["cuda"] for p in params):
         return False
     if not all(t.is_contiguous() for group in tensors for t in group):

@@ -1,10 +1,12 @@
 """StochGradAdam: Adam that uses a random subset of the gradient's entries each step.
 
 The update rule lives in the pure function
-:func:`sievetrain.optim.functional.stochgradadam`; the :class:`StochGradAdam`
-optimizer validates arguments, holds state, draws the masks and (de)serialises.
-Masks are drawn before the path is chosen, so both paths see the same random
-numbers.
+:func:`sievetrain.optim.functional.stochgradadam` (and the fused kernel of
+:mod:`sievetrain.optim.fused`); the :class:`StochGradAdam` optimizer validates
+arguments, holds state and its mask stream (:mod:`sievetrain.optim.mask_stream`),
+chooses the path of each group's step and (de)serialises. The unfused paths draw
+their masks before choosing between per-tensor and foreach, so both see the same
+random numbers.
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.adam import adam
 
-from sievetrain import distributed
-from sievetrain.optim import fused
+from sievetrain.optim import fused, stream
 from sievetrain.optim.baselines import AdamOptions
 from sievetrain.optim.checks import (
     IMPLEMENTATION,
+    STREAM,
     check_saved_state,
     check_switches,
-    generator_states,
     plain,
+    saved_stream,
+    stream_entry,
+    tensors_kept,
 )
 from sievetrain.optim.functional import MASK_BITS, draw_masks, stochgradadam
-from sievetrain.options import as_int, option
-from sievetrain.rng import derive_seed
+from sievetrain.optim.groups import Gathered, adam_step, gather, numbers
+from sievetrain.optim.mask_stream import MaskStream
+from sievetrain.options import option
 
 __all__ = ["StochGradAdam", "StochGradAdamOptions"]
 
@@ -83,12 +87,18 @@ class StochGradAdam(Optimizer):
     offered because which one the paper used could not be confirmed:
 
     Args:
-        params: parameters or parameter groups, as for any torch optimizer; a
-            group may override any hyperparameter. Complex parameters are stepped
-            as real views, as Adam does: real and imaginary parts are masked apart.
+        params: parameters, ``named_parameters()`` (the names kept as each group's
+            ``param_names``, as Adam keeps them) or parameter groups; a group may
+            override any hyperparameter. Complex parameters are stepped as real views,
+            as Adam does: real and imaginary parts are masked apart. DTensors (FSDP2's
+            ``fully_shard``, tensor parallelism) are stepped as each rank's shard,
+            their moments DTensors placed alike, as Adam keeps them.
         **hyperparameters: the fields of :class:`StochGradAdamOptions`, which are
-            lr: learning rate (per step); a one-element tensor is read as its value.
-            betas: :math:`(\beta_1, \beta_2)`, decay rates of the moment estimates.
+            lr: learning rate (per step); a one-element tensor stays a tensor, as in
+                Adam, whose step at rate 1 computes with it; masked steps read its value.
+            betas: :math:`(\beta_1, \beta_2)`, decay rates of the moment estimates;
+                tensors as ``lr``, also beside a number (Adam refuses that mix at
+                construction, but steps with it where a scheduler writes one).
             eps: :math:`\epsilon`, added to the denominator.
             weight_decay: :math:`\lambda`, coupled L2 added to the gradient before masking.
             amsgrad: use the running maximum of :math:`v` in its place (AMSGrad).
@@ -106,13 +116,16 @@ class StochGradAdam(Optimizer):
                 unbiased estimate of :math:`g` (ours; the paper does not rescale).
         seed: seeds the mask stream. None shares one seed over a data-parallel job:
             rank 0's, derived from ``torch.initial_seed()`` (so ``torch.manual_seed``
-            makes a run reproducible) and broadcast, a collective: every rank then
-            constructs the optimizer together. Two optimizers built in one process
-            with None draw the same masks; give them distinct seeds if they must not.
-            Each device type (``"cpu"``, ``"cuda"``) gets its own generator, seeded
-            from (seed, device type) and created on the parameters' device when
-            first needed: with one seed every rank draws the same masks, whichever
-            GPU it holds, so the replicas stay in sync.
+            makes a run reproducible) and broadcast, taken at the first ``step()``
+            with gradients, where every rank steps together, not at construction: the
+            optimizer may be built before the process group exists (before
+            ``init_process_group``, or a Hugging Face ``TrainingArguments``). Until
+            then ``seed`` (and ``state_dict()["seed"]``) is None. Two optimizers
+            stepped in one process with None draw the same masks; give them
+            distinct seeds if they must not. Each device type (``"cpu"``,
+            ``"cuda"``) gets its own generator, seeded from (seed, device type) and
+            created on the parameters' device when first needed: with one seed every
+            rank draws the same masks, whichever GPU it holds.
         fused: the fused CPU step (:mod:`sievetrain.optim.fused`): one pass per
             tensor that draws the masks as it updates, no parameter-sized
             temporaries. None (default) takes it for dense float32/float64 CPU
@@ -123,11 +136,26 @@ class StochGradAdam(Optimizer):
         foreach: the unfused path's ``torch._foreach_*`` kernels; None picks them.
         capturable, differentiable: accepted as False, as Adam's; True is refused.
 
-    The seed and the generators' states (CPU byte tensors, keyed by device type)
-    are saved at the top level of ``state_dict()``, so a resumed run draws the same
-    masks as an uninterrupted one, on any rank. A loaded state waits until its
-    device type's generator is created; old states keyed ``"cuda:N"`` load as
-    ``"cuda"``. Copies (``copy.deepcopy``, pickle) carry the seed and generators too.
+    Shards draw the fused step's stream on every path, each entry keyed by its index
+    in the whole tensor (:mod:`sievetrain.optim.stream`): two ranks' shards never
+    draw alike (as entry i of each would, keyed by its index in the shard), and a
+    sharded run draws the masks of the unsharded fused run (DDP's default on the
+    CPU). The step's key is one draw from the CPU generator on every rank, so the
+    generators stay equal over ranks. CPU shards holding one run of their tensor
+    (FSDP2's ``Shard(0)``) take the fused kernel at their offset; others the unfused
+    path (``fused=True`` refuses them). Strided and partial placements are refused.
+
+    ``state_dict()`` saves the seed and the generators' states (keyed by device type)
+    at its top level (byte tensors), and again under ``"mask_stream"`` in its first
+    param group (bytes): ``torch.distributed.checkpoint``'s ``get_state_dict`` and
+    ``set_state_dict`` keep only ``state`` and ``param_groups`` (moving a group's
+    tensors to the parameters' device; flattened, keeping only the keys the live
+    groups have, so the first group holds the key, None). ``load_state_dict`` reads
+    the top level where present, else the group's: a resumed run draws the masks of
+    an uninterrupted one, on any rank. A state saved before the seed was taken holds
+    ``seed: None`` and no generator; its loader takes the seed at its first step. A
+    loaded state waits until its device type's generator is created; old states
+    keyed ``"cuda:N"`` load as ``"cuda"``. Copies (deepcopy, pickle) carry it all.
     """
 
     def __init__(
@@ -143,16 +171,19 @@ class StochGradAdam(Optimizer):
     ) -> None:
         # Every argument is checked before ``params`` is read.
         defaults = StochGradAdamOptions(**plain(hyperparameters)).to_dict()
+        defaults.update(tensors_kept(hyperparameters))  # a tensor lr stays one, as in Adam
         switches = dict(
             foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable
         )
         check_switches(switches)
-        seed = distributed.shared_seed(seed, "stochgradadam")
-        # Keyed by device type: "cuda" on every rank, whichever GPU it holds.
-        self._generators: dict[str, torch.Generator] = {}
-        self._pending: dict[str, Tensor] = {}  # loaded states of generators not yet made
-        self.seed = seed
+        # None: rank 0's seed, taken at the first step (a collective), not here, where
+        # the process group may not exist yet.
+        self._stream = MaskStream(seed)
         super().__init__(params, {**defaults, **switches})
+        # The key of the first group's saved copy of the mask stream, which state_dict()
+        # fills: torch.distributed.checkpoint's flattened state dicts keep the keys that
+        # the live groups have.
+        self.param_groups[0][STREAM] = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of parameters, its options checked first (ValueError naming a
@@ -162,9 +193,11 @@ class StochGradAdam(Optimizer):
             group["params"] = [group["params"]]
         elif not isinstance(group.get("params"), set):  # torch refuses a set itself
             group["params"] = list(group.get("params", []))
-        names = StochGradAdamOptions.names()
-        group.update(plain({name: group[name] for name in names if name in group}))
-        self._check_group({**self.defaults, **group}, list(group["params"]))
+        options = {name: group[name] for name in StochGradAdamOptions.names() if name in group}
+        group.update(tensors_kept(options))
+        # named_parameters(): (name, tensor) pairs, whose names torch keeps as param_names
+        tensors = [p[1] if isinstance(p, tuple) else p for p in group["params"]]
+        self._check_group({**self.defaults, **group}, tensors)
         super().add_param_group(group)
 
     @staticmethod
@@ -175,16 +208,22 @@ class StochGradAdam(Optimizer):
         full = {name: group.get(name, default) for name, default in defaults.items()}
         StochGradAdamOptions(**plain({n: full[n] for n in StochGradAdamOptions.names()}))
         check_switches({name: full[name] for name in IMPLEMENTATION})
-        params = [torch.view_as_real(p) if p.is_complex() else p for p in params or []]
+        params = params or []
         if full["fused"] and not fused.supports(params):
-            kinds = sorted({f"{p.dtype} on {p.device}" for p in params})
+            kinds = sorted({f"{type(p).__name__} {p.dtype} on {p.device}" for p in params})
             raise ValueError(
                 "invalid fused=True: the fused step takes dense float32 or float64 CPU "
-                f"or contiguous float32, float16 or bfloat16 CUDA parameters, got {kinds}"
+                "or contiguous float32, float16 or bfloat16 CUDA parameters (DTensors: "
+                f"CPU shards holding one run of their tensor, as FSDP2's), got {kinds}"
             )
 
+    @property
+    def seed(self) -> int | None:
+        """The mask stream's seed; None until a seed=None optimizer's first step."""
+        return self._stream.seed
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "seed": self.seed, "generators": self._states()}
+        return {**super().__getstate__(), "seed": self.seed, "generators": self._stream.states()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled or loaded state; options a saved group lacks (saved
@@ -199,9 +238,9 @@ class StochGradAdam(Optimizer):
         for param_state in self.state.values():
             if "step" in param_state:  # a plain number, or a tensor loaded onto a GPU
                 param_state["step"] = torch.tensor(float(param_state["step"]), dtype=torch.float32)
+        self.param_groups[0][STREAM] = None  # the saved stream is read apart, in its place
         if saved:  # unpickled: seed and generators come with the state
-            self.seed, self._generators = saved["seed"], {}
-            self._pending = generator_states(saved["generators"])
+            self._stream = MaskStream.restored(saved["seed"], saved["generators"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -211,100 +250,63 @@ class StochGradAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lists = self._gather(group)
-            if lists[0]:
-                self._step_group(group, *lists)
+            lists = gather(group, self.state)
+            if lists.params:
+                if self._stream.seed is None:
+                    # seed=None, first step with gradients: every rank steps together, so
+                    # rank 0's seed is broadcast here (at construction there may be no
+                    # process group yet).
+                    self._stream.take_seed()
+                self._step_group(group, lists)
         return loss
 
-    def _step_group(self, group, params, grads, exp_avgs, exp_avg_sqs, maxima, steps) -> None:
-        beta1, beta2 = (float(beta) for beta in group["betas"])
-        hp = dict(
-            lr=float(group["lr"]),
-            beta1=beta1,
-            beta2=beta2,
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            maximize=group["maximize"],
-        )
+    def _step_group(self, group: dict[str, Any], lists: Gathered) -> None:
+        tensors = lists[:6]  # params, grads, exp_avgs, exp_avg_sqs, maxima, steps
         rate = group["sampling_rate"]
         if round(rate * 2**MASK_BITS) >= 2**MASK_BITS:  # every entry used: Adam's step
-            adam(
-                params, grads, exp_avgs, exp_avg_sqs, maxima or [], steps,
-                foreach=group["foreach"], fused=group["fused"], amsgrad=group["amsgrad"], **hp,
-            )  # fmt: skip
+            adam_step(group, *tensors)
             return
+        hp = numbers(group)
         sampling = dict(
             masked_state=group["masked_state"], scale=1 / rate if group["rescale"] else 1.0
         )
-        lists = (params, grads, exp_avgs, exp_avg_sqs, maxima, steps)
+        params, pieces, offsets = lists.params, lists.pieces, None
+        sharded = any(pieces)
+        if sharded:  # where each shard's entries start in its tensor; None: not one run
+            offsets = [0 if s is None else s.start(p) for p, s in zip(params, pieces, strict=True)]
         wanted = group["fused"] is not False and not group["foreach"]
         fused_step = fused.step_for(params[0].device.type) if wanted else None
-        if fused_step is not None:
-            # The key comes from the CPU generator whatever the device: no host sync,
-            # and the same masks on CPU and GPU.
+        masks = None
+        if fused_step is not None or sharded:
+            # The key comes from the CPU generator whatever the device: no host sync, the
+            # same masks on CPU and GPU, and on every rank one draw whatever its shards.
             (key,) = fused.step_keys(self._generator(torch.device("cpu")))
             options = dict(sampling_rate=rate, mask=group["mask"], **sampling, **hp)
-            if fused_step(*lists, key=key, **options):
-                return
-            if group["fused"]:
-                self._check_group(group, params)  # a parameter's dtype or device changed
-        masks = draw_masks(params, rate, mask=group["mask"], generator_for=self._generator)
+            if fused_step is not None and None not in (offsets or ()):
+                if fused_step(*tensors, key=key, offsets=offsets, **options):
+                    return
+                if group["fused"]:
+                    self._check_group(group, params)  # a parameter's dtype or device changed
+            if sharded:  # the kernel's stream, at each shard's place in its tensor
+                masks = stream.shard_masks(params, pieces, key, rate, group["mask"])
+        if masks is None:
+            masks = draw_masks(params, rate, mask=group["mask"], generator_for=self._generator)
         foreach = group["foreach"] is not False
-        stochgradadam(*lists, masks, foreach=foreach, **sampling, **hp)
-
-    def _gather(self, group: dict[str, Any]) -> tuple[list | None, ...]:
-        """The group's tensors with gradients, and their states (made on first use)."""
-        params, grads, exp_avgs, exp_avg_sqs, maxima, steps = [], [], [], [], [], []
-        amsgrad, has_complex = group["amsgrad"], False
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise RuntimeError("StochGradAdam does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                # A float32 step count on the CPU, as torch.optim.Adam keeps it.
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if amsgrad:
-                if "max_exp_avg_sq" not in state:  # also where amsgrad was turned on later
-                    state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
-                maxima.append(state["max_exp_avg_sq"])
-            params.append(p)
-            grads.append(grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-            has_complex = has_complex or p.is_complex()
-        lists = [params, grads, exp_avgs, exp_avg_sqs, maxima]
-        if has_complex:  # as Adam: the real and imaginary parts side by side
-            lists = [[torch.view_as_real(t) if t.is_complex() else t for t in x] for x in lists]
-        return (*lists[:4], lists[4] if amsgrad else None, steps)
+        stochgradadam(*tensors, masks, foreach=foreach, **sampling, **hp)
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        """The generator of ``device``'s type, made on ``device`` when first needed
-        (seeded, then given the state loaded for it, if any)."""
-        key = device.type
-        if key not in self._generators:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(derive_seed(self.seed, "stochgradadam", key))
-            if key in self._pending:
-                generator.set_state(self._pending.pop(key))
-            self._generators[key] = generator
-        return self._generators[key]
-
-    def _states(self) -> dict[str, Tensor]:
-        """The generators' states, a loaded one not yet used too."""
-        return {**self._pending, **{k: g.get_state() for k, g in self._generators.items()}}
+        """The mask generator of ``device``'s type."""
+        return self._stream.generator(device)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        # Top level, not per-parameter state: load_state_dict casts per-parameter
-        # tensors to the parameter's dtype, which would corrupt a byte tensor.
-        state["seed"] = self.seed
-        state["generators"] = self._states()
+        # Not per-parameter state: load_state_dict casts per-parameter tensors to the
+        # parameter's dtype, which would corrupt a byte tensor. At the top level, where
+        # sievetrain has always kept it, and in the first param group, all of which
+        # torch.distributed.checkpoint's get_state_dict keeps (the top level it drops).
+        generators = self._stream.states()
+        state["seed"], state["generators"] = self.seed, generators
+        state["param_groups"][0][STREAM] = stream_entry(self.seed, generators)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -321,11 +323,11 @@ class StochGradAdam(Optimizer):
                 optimizer's state would, or holds an invalid value.
         """
         check_saved_state(state_dict, _OWN_OPTIONS, self._check_group)
-        state_dict = dict(state_dict)
-        seed = as_int("seed", state_dict.pop("seed"))
-        pending = generator_states(state_dict.pop("generators"))
-        super().load_state_dict(state_dict)
-        self.seed, self._generators, self._pending = seed, {}, pending
+        loaded = MaskStream.restored(*saved_stream(state_dict))  # seed None: taken at a step
+        state_dict = {k: v for k, v in state_dict.items() if k not in ("seed", "generators")}
+        groups = [{k: v for k, v in g.items() if k != STREAM} for g in state_dict["param_groups"]]
+        super().load_state_dict({**state_dict, "param_groups": groups})
+        self._stream = loaded
 
 
 # StochGradAdam's own options, which a state saved by it has in every group.
