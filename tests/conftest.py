@@ -49,6 +49,18 @@ def fashion_mnist_dir(_private_cache):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from a second one, and on a busy
+    machine the thread pool's barriers make them many times slower (13x measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def ranks():
     """``run_ranks(fn, *args, world=2)``: ``fn(rank, world, *args)`` on gloo ranks."""
     from ranks import run_ranks  # tests/ is on sys.path: this conftest's folder

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning_run import CLASSES, N, data  # this folder is on the path: the same data
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -25,19 +26,10 @@ from sievetrain.models import MNIST1DCNN
 from sievetrain.sampling import EpochSampler, GradMatchSampler, SoftRandomSampler
 from sievetrain.selection import SelectiveBackprop, Selector
 
-N, BATCH, CLASSES, EPOCHS, LR = 96, 16, 4, 3, 0.05
+BATCH, EPOCHS, LR = 16, 3, 0.05
 METHODS = ("selective-backprop", "gradmatch")
 
 Trained = list[tuple[int, list[int]]]
-
-
-def data() -> TensorDataset:
-    """Synthetic sequences (N, 1, 40) whose class is where the peak is."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, 1, 40, generator=g)
-    y = torch.randint(0, CLASSES, (N,), generator=g)
-    x[torch.arange(N), 0, y * 10 + 5] += 4.0
-    return TensorDataset(x, y)
 
 
 def method(name: str) -> tuple[EpochSampler, Selector | None]:
@@ -87,11 +79,21 @@ def run_trainer(name: str) -> tuple[Trained, dict]:
 
 def run_own_loop(name: str) -> tuple[Trained, dict]:
     """The README's own-loop recipe."""
-    model, train = net(), data()
+    model = net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    return _loop(name, model, optimizer, lambda loss: loss.backward()), params(model)
+
+
+def _loop(name: str, model: nn.Module, optimizer, backward, loader_for=None) -> Trained:
+    """EPOCHS epochs of the own-loop recipe: a sieve over the method, its batches, its
+    loss; the loader is ``loader_for(dataset, sampler)``, or sievetrain's own."""
+    train = data()
     sampler, selector = method(name)
     sieve = Sieve(sampler, selector, batch_size=BATCH)
-    loader = make_loader(train, BATCH, sampler=sampler)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    if loader_for is None:
+        loader = make_loader(train, BATCH, sampler=sampler)
+    else:
+        loader = loader_for(IndexedDataset(train), sampler)
     trained: Trained = []
     record(sieve, trained)
     for epoch in range(EPOCHS):
@@ -100,9 +102,9 @@ def run_own_loop(name: str) -> tuple[Trained, dict]:
         for x, y, idx in sieve.batches(loader, model):
             loss = sieve.loss(model(x), y, idx)
             optimizer.zero_grad()
-            loss.backward()
+            backward(loss)
             optimizer.step()
-    return trained, params(model)
+    return trained
 
 
 def run_lightning(name: str) -> tuple[Trained, dict]:
@@ -229,22 +231,14 @@ def run_accelerate(name: str) -> tuple[Trained, dict]:
 
     _reset_accelerate()
     accelerator = Accelerator(cpu=True)
-    model, train = net(), data()
+    model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     model, optimizer = accelerator.prepare(model, optimizer)
-    sampler, selector = method(name)
-    loader = prepare_loader(accelerator, IndexedDataset(train), BATCH, sampler=sampler)
-    sieve = Sieve(sampler, selector, batch_size=BATCH)
-    trained: Trained = []
-    record(sieve, trained)
-    for epoch in range(EPOCHS):
-        sieve.begin_epoch(epoch, model, train)
-        model.train()
-        for x, y, idx in sieve.batches(loader, model):
-            loss = sieve.loss(model(x), y, idx)
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
+
+    def loader(dataset, sampler):
+        return prepare_loader(accelerator, dataset, BATCH, sampler=sampler)
+
+    trained = _loop(name, model, optimizer, accelerator.backward, loader)
     result = params(accelerator.unwrap_model(model))
     _reset_accelerate()
     return trained, result

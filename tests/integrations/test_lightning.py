@@ -28,13 +28,7 @@ ROOT = HERE.parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: tiny ops on a shared 2-core machine are many times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(record: dict) -> list[tuple]:

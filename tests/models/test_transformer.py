@@ -9,15 +9,7 @@ import torch.nn.functional as F
 from sievetrain.data import VOCAB_SIZE, load_shakespeare
 from sievetrain.models import MLMTransformer, build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine the
-    thread pool's barriers make them many times slower (13x measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
