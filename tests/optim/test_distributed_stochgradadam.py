@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+from checkpoint_round_trip import through_checkpoint  # this folder is on the path
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_state_dict,
-    set_state_dict,
 )
 
 from sievetrain import distributed
@@ -121,19 +119,9 @@ def _dcp_resume_run(rank: int, folder: str | None, **options) -> dict:
 
     model, optimizer = fresh(7)
     _train(model, optimizer, batches[:10])
-    model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    if folder is not None:
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
-    model, optimizer = fresh(1000 + rank)  # another seed: the loaded one must win
-    if folder is not None:
-        model_state, optim_state = get_state_dict(model, optimizer, options=options)
-        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=model_state,
-        optim_state_dict=optim_state,
-        options=options,
+    # Another seed for the fresh ones: the loaded one must win.
+    model, optimizer = through_checkpoint(
+        model, optimizer, lambda: fresh(1000 + rank), options, folder
     )
     _train(model, optimizer, batches[10:])
     return {"straight": straight.numpy(), "resumed": _flat(model).numpy()}

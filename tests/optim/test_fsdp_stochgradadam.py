@@ -9,13 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+from checkpoint_round_trip import through_checkpoint  # this folder is on the path
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_state_dict,
-    set_state_dict,
 )
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Partial, Shard, distribute_tensor, init_device_mesh
@@ -106,23 +104,13 @@ def _resumed(rank: int, folder: str | None, **options) -> np.ndarray:
     model = _wrapped("fsdp")
     optimizer = _optimizer(model, 0.5)
     _train(model, optimizer, _batches(rank)[:half])
-    model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    if folder is not None:
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
 
-    torch.manual_seed(1000 + rank)
-    model = _wrapped("fsdp")
-    optimizer = _optimizer(model, 0.5)
-    if folder is not None:  # load into the fresh state dicts, as dcp does
-        model_state, optim_state = get_state_dict(model, optimizer, options=options)
-        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=model_state,
-        optim_state_dict=optim_state,
-        options=options,
-    )
+    def fresh():
+        torch.manual_seed(1000 + rank)
+        model = _wrapped("fsdp")
+        return model, _optimizer(model, 0.5)
+
+    model, optimizer = through_checkpoint(model, optimizer, fresh, options, folder)
     _train(model, optimizer, _batches(rank)[half:])
     return _full(model)
 

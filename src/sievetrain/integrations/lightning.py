@@ -222,7 +222,8 @@ def __getattr__(name: str) -> Any:
 
 
 def _train_loader(trainer: Trainer) -> ResumableLoader:
-    """The trainer's train loader, checked: one ResumableLoader sharded over its ranks."""
+    """The trainer's train loader, checked: one ResumableLoader, the Trainer on as many
+    devices as torchrun started processes."""
     loader = trainer.train_dataloader
     if not isinstance(loader, ResumableLoader):
         raise TypeError(
@@ -236,13 +237,7 @@ def _train_loader(trainer: Trainer) -> ResumableLoader:
             f"{trainer.world_size}: pass devices= (e.g. devices=int(os.environ"
             f"['LOCAL_WORLD_SIZE']) on the CPU, where Lightning's default is 1)"
         )
-    if loader.sampler.num_replicas != trainer.world_size:
-        raise ValueError(
-            f"the sampler shards over num_replicas={loader.sampler.num_replicas} ranks but the "
-            f"Trainer runs {trainer.world_size}: leave num_replicas and rank unset, and the "
-            f"sampler follows the process group at its first epoch"
-        )
-    return loader
+    return loader  # the sieve checks that the sampler shards over the Trainer's ranks
 
 
 def _count_batches(trainer: Trainer, batches: int) -> None:
