@@ -54,6 +54,22 @@ FLAGS = {
     "data_dir": "--data-dir",
     "out": "--out",
     "batch_size": "--batch-size",
+    "label_noise": "--label-noise",
+    "duplicates": "--duplicates",
+    "long_tail": "--long-tail",
+    "off_target": "--off-target",
+}
+# The data regimes (sievetrain.data.regimes), applied to the training split: flag -> help.
+REGIME_FLAGS = {
+    "label_noise": "P[/kind=confusion]: a fraction P of training labels replaced by a "
+    "uniformly drawn other class (kind=symmetric), or flipped to each class's fixed partner "
+    "(kind=confusion; the pairs are in the dataset's regime record)",
+    "duplicates": "K[/copies=M][/jitter=J]: K training items, each repeated M times in place "
+    "of others (the size stays the same); each copy shifted by up to J pixels or time steps",
+    "long_tail": "R: class sizes falling exponentially from the largest to the largest/R "
+    "(the test set stays balanced)",
+    "off_target": "F: a fraction F of training sequences replaced by off-target text (the "
+    "Python standard library's source; shakespeare only)",
 }
 
 
@@ -241,6 +257,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
     data = load_dataset(
         args.dataset, data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size
     )
+    data = _apply_regimes(data, args)
     bench = prepare(
         data,
         methods,
@@ -253,6 +270,22 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
     )
     done = check_output(out, bench, resume=args.resume) if is_main() else []
     return bench, out, done
+
+
+def _apply_regimes(data: Any, args: argparse.Namespace) -> Any:
+    """``data`` with the regimes the flags ask for applied to its training split."""
+    asked = {name: getattr(args, name) for name in REGIME_FLAGS if getattr(args, name) is not None}
+    if not asked:
+        return data
+    from sievetrain.data.regimes import apply_regimes, parse_regime
+
+    regimes = {}
+    for name, text in asked.items():
+        try:
+            regimes[name] = parse_regime(name, text)
+        except ValueError as error:
+            raise ValueError(f"{FLAGS[name]} {text!r}: {error}") from None
+    return apply_regimes(data, regimes, seed=args.data_seed)
 
 
 def _claim(out: Path, bench: Any, *, resume: bool) -> tuple[Any, list[dict[str, Any]]]:
@@ -333,6 +366,14 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir", default=None, help="folder with the dataset's files (fashion-mnist)"
         )
         p.add_argument("--train-size", type=int, default=None, help="training samples to use")
+        for name, text in REGIME_FLAGS.items():
+            p.add_argument("--" + name.replace("_", "-"), default=None, help=text)
+        p.add_argument(
+            "--data-seed",
+            type=int,
+            default=0,
+            help="seeds the data regimes (which labels, items, samples they change) (default: 0)",
+        )
         p.add_argument("--test-size", type=int, default=None, help="test samples to use")
         p.add_argument(
             "--epochs",

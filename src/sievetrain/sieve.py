@@ -19,12 +19,13 @@ callback, the Hugging Face ``SieveTrainer``, an accelerate loop or a hand-writte
    that a :class:`~sievetrain.integrations.ResumableLoader` bound to a gathering sieve
    hands a framework that owns the loop.
 4. ``loss(logits, y, idx)``: the sampler's weighted loss (InfoBatch is fed the losses),
-   counted in ``samples_backpropagated``.
+   counted in ``samples_backpropagated`` and, given an ``audit``, per flag and class
+   (:class:`~sievetrain.audit.SelectionAudit`).
 
 ``batches(loader, model)`` runs 2 and 3 over a loader, for a hand-written loop.
 ``state_dict()`` is one schema for every front end's checkpoint: the sampler's state
 with its position at the samples ``select`` consumed (not the ones a loader pulled
-ahead), the selector's, the kept samples still waiting, and the counter.
+ahead), the selector's, the kept samples still waiting, the counter and the audit.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from sievetrain.audit import SelectionAudit
 from sievetrain.batches import Batch, Waiting, join_batches, take_rows, to_device
 from sievetrain.data import IndexedDataset
 from sievetrain.distributed import world
@@ -72,6 +74,7 @@ class Sieve:
         batch_size: int | None = None,
         input_key: str = "input_ids",
         label_key: str = "labels",
+        audit: SelectionAudit | None = None,
     ) -> None:
         if not isinstance(sampler, EpochSampler):
             raise TypeError(
@@ -89,6 +92,7 @@ class Sieve:
         self.batch_size = batch_size
         self.input_key, self.label_key = input_key, label_key
         self.samples_backpropagated = 0  # this rank's, as loss() counts them
+        self.audit = audit
         self._waiting = Waiting()
         self._position: int | None = None  # samples of the epoch select consumed
         self._begun: int | None = None  # the epoch begin_epoch started in this process
@@ -139,6 +143,8 @@ class Sieve:
             dataset = dataset.dataset
         self.sampler.refresh(model, dataset)  # a coreset selects once per round
         self.selector.set_epoch(epoch)
+        if self.audit is not None:
+            self.audit.set_epoch(epoch)
         if epoch != self._resume:
             self._position, self._waiting = 0, Waiting()
         self._begun, self._resume = epoch, None
@@ -207,29 +213,38 @@ class Sieve:
         if len(y) == 0:
             raise ValueError("no sample to train: select() returns None when none is kept")
         self.samples_backpropagated += len(y)
+        if self.audit is not None:
+            self.audit.update(idx)
         return self.sampler.loss(logits, y, idx)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state (position: the samples consumed), the selector's, the
-        samples waiting (a batch, or None) and ``samples_backpropagated``. A collective
-        where the sampler's state is (InfoBatch): call it on every rank."""
+        samples waiting (a batch, or None), ``samples_backpropagated`` and the audit's
+        counts (with an audit). A collective where the sampler's state is (InfoBatch):
+        call it on every rank."""
         waiting = self._waiting.chunks
-        return {
+        state = {
             "sampler": {**self.sampler.state_dict(), "position": self.position},
             "selector": self.selector.state_dict(),
             "waiting": join_batches(waiting) if waiting else None,
             "samples_backpropagated": self.samples_backpropagated,
         }
+        if self.audit is not None:
+            state["audit"] = self.audit.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; ``begin_epoch`` of its epoch then continues it.
         A state without ``waiting`` or the counter (a Trainer checkpoint from before the
-        sieve) has none waiting and the count 0."""
+        sieve) has none waiting and the count 0; one without ``audit`` leaves the audit's
+        counts as they are."""
         self.sampler.load_state_dict(state["sampler"])
         self.selector.load_state_dict(state["selector"])
         self.samples_backpropagated = as_int(
             "samples_backpropagated", state.get("samples_backpropagated", 0), 0
         )
+        if self.audit is not None and "audit" in state:
+            self.audit.load_state_dict(state["audit"])
         self._waiting = Waiting()
         if (waiting := state.get("waiting")) is not None:
             self._waiting.add(waiting, len(self._parts(waiting)[1]))

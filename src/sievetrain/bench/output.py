@@ -83,6 +83,8 @@ def run_key(bench: Bench, run: RunSpec, seed: int) -> str:
             seed,
             # a bench on W > 1 ranks is another computation; one process keeps its keys
             *([{"world_size": bench.world_size}] if bench.world_size > 1 else []),
+            # so is one on data a regime changed; clean data keeps its keys
+            *([{"regimes": bench.data.regimes}] if bench.data.regimes else []),
         ],
         sort_keys=True,
     )
@@ -95,6 +97,7 @@ def describe_bench(bench: Bench) -> dict[str, Any]:
         "dataset": bench.data.name,
         "train_size": len(bench.data.train),
         "test_size": len(bench.data.test),
+        **({"regimes": dict(bench.data.regimes)} if bench.data.regimes else {}),
         "model": bench.model,
         "train": bench.config.to_dict(),
         "methods": [run.label for run in bench.runs],

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sievetrain.bench.audit import audit_rows, audit_section, imbalance_section, regimes_line
 from sievetrain.bench.compare import (
     disturbed_notes,
     matched_rows,
@@ -180,7 +181,8 @@ def write_report(
     table, led by the comparison at equal compute when the bench ran ``--matched``."""
     rows, target = summarize(records, target)
     matched = matched_rows(records)
-    table = matched_section(matched) + markdown_table(rows)
+    regimes = imbalance_section(records) + audit_section(records)  # empty for clean data
+    table = matched_section(matched) + markdown_table(rows) + ("\n" + regimes if regimes else "")
     first = records[0]
     env = first["environment"]
     train = first["config"]["train"]
@@ -221,6 +223,7 @@ def write_report(
             f"{train['batch_size']}{ranks}; schedule {train['schedule']} "
             f"({train['schedule_unit']}-indexed).",
             "",
+            *([line, ""] if (line := regimes_line(records)) else []),
             f"Environment: sievetrain {env['sievetrain']} ({env['git_sha']}), "
             f"torch {env['torch']}, "
             f"Python {env['python']}, {env['cpu']} ({env['torch_threads']} threads"
@@ -233,7 +236,7 @@ def write_report(
     )
     atomic_write_text(out / report, text)
     summary_json = {"baseline": baseline_label(records), "target_accuracy": target}
-    summary_json |= {"methods": rows, "matched": matched}
+    summary_json |= {"methods": rows, "matched": matched, "selection_audit": audit_rows(records)}
     atomic_write_text(out / summary, json.dumps(summary_json, indent=2) + "\n")
     return table
 

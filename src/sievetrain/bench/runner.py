@@ -72,6 +72,7 @@ def build_trainer(
         config=config,
         sampler=run.sampler.build(context),
         selector=run.selector.build(context) if run.selector is not None else None,
+        flags=data.flags,  # a data regime's: the run's selection audit counts them
         seed=seed,
         progress=progress,
     )
@@ -129,6 +130,7 @@ def run_one(
         "epochs": config.epochs,
         "train_size": len(data.train),
         "test_size": len(data.test),
+        **({"regimes": dict(data.regimes)} if data.regimes else {}),
         **summary.to_dict(),
         "config": {"train": config.to_dict(), "methods": run.describe()},
         "environment": environment(),

@@ -22,31 +22,39 @@ RANK_BATCHES = 8  # held-out batches on which a selector's ranking is measured e
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device) -> dict[str, float]:
-    """Accuracy (fraction of predicted targets), mean cross-entropy and mean
-    normalized prediction entropy (0 = confident, 1 = uniform) of ``model`` in
-    evaluation mode over ``batches`` of ``(x, y, idx)``.
+    """Accuracy (fraction of predicted targets), mean cross-entropy, mean normalized
+    prediction entropy (0 = confident, 1 = uniform), and the balanced and worst-class
+    accuracy (the mean and the minimum over the classes present in the targets of each
+    class's accuracy) of ``model`` in evaluation mode over ``batches`` of ``(x, y, idx)``.
 
     Under a process group each rank passes its shard of the test set: the sums are
     all-reduced, so every rank returns the figures of the whole set."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    entropy_sum = torch.zeros((), device=device)
-    n = 0
+    sums = torch.zeros(2, device=device)  # loss, entropy
+    per_class = None  # (2, C): targets and correct predictions per class
     for x, y, _ in batches:
         x, y = x.to(device), y.to(device)
         logits, y, _ = flatten_targets(model(x), y)  # (N, C), (N,)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        entropy_sum += normalized_entropy(logits).sum()
-        correct += (logits.argmax(dim=1) == y).sum()
-        n += len(y)
-    # float64 holds the float32 sums and the counts exactly: one collective for all four
-    totals = torch.stack([correct.double(), loss_sum.double(), entropy_sum.double()]).cpu()
-    correct_, loss_, entropy_, n_ = all_reduce(torch.cat([totals, totals.new_tensor([n])]))
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += normalized_entropy(logits).sum()
+        if per_class is None:
+            per_class = torch.zeros(2, logits.shape[1], dtype=torch.long, device=device)
+        per_class[0] += torch.bincount(y, minlength=logits.shape[1])
+        per_class[1] += torch.bincount(y[logits.argmax(dim=1) == y], minlength=logits.shape[1])
+    if per_class is None:
+        raise ValueError("no test samples to evaluate on")
+    # float64 holds the float32 sums and the counts exactly: one collective for all
+    totals = all_reduce(torch.cat([sums.double(), per_class.double().flatten()]).cpu())
+    loss, entropy, (targets, correct) = totals[0], totals[1], totals[2:].view(2, -1)
+    n = targets.sum()
+    present = targets > 0
+    accuracy = correct[present] / targets[present]  # per class present
     return {
-        "test_accuracy": correct_.item() / n_.item(),
-        "test_loss": loss_.item() / n_.item(),
-        "test_entropy": entropy_.item() / n_.item(),
+        "test_accuracy": (correct.sum() / n).item(),
+        "test_loss": (loss / n).item(),
+        "test_entropy": (entropy / n).item(),
+        "test_balanced_accuracy": accuracy.mean().item(),
+        "test_worst_class_accuracy": accuracy.min().item(),
     }
 
 

@@ -16,6 +16,8 @@ class RunSummary:
     final_test_accuracy: float | None  # fraction of predicted targets
     final_test_loss: float | None  # mean cross-entropy
     final_test_entropy: float | None  # mean normalized prediction entropy (0..1)
+    balanced_test_accuracy: float | None  # mean over classes of each class's accuracy
+    worst_class_test_accuracy: float | None  # the lowest class accuracy
     train_time_s: float  # wall time of the training loops, evaluation excluded
     train_cpu_s: float  # process CPU time of the same span
     eval_time_s: float
@@ -35,6 +37,7 @@ class RunSummary:
     final_exit_spearman: float | None  # selector score vs true loss rank correlation
     selector: dict[str, Any]  # the selector's stats()
     sampler: dict[str, Any]  # the sampler's stats()
+    selection_audit: dict[str, Any]  # backpropagated samples per flag and class (see audit.py)
     history: list[dict[str, Any]]  # one record per epoch
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from sievetrain.audit import SelectionAudit
 from sievetrain.data import make_loader
 from sievetrain.distributed import unwrap, world
 from sievetrain.losses import batch_loss
@@ -70,6 +71,9 @@ class Trainer:
             ``sample_weights(idx)`` weights the loss.
         selector: a batch-level selector (:class:`~sievetrain.selection.Selector`);
             default keeps every sample.
+        flags: what each training sample is (name -> bool ``(N,)``, e.g. a data
+            regime's ``noisy``): the run's ``selection_audit`` counts the backpropagated
+            samples per flag, and per class when ``train_set`` has class labels.
         seed: seeds the sampler default and torch's global stream during each
             epoch (forked, so the caller's global RNG state is left untouched).
         progress: show a progress bar; a string also names the run in it.
@@ -90,6 +94,7 @@ class Trainer:
         config: TrainConfig = TrainConfig(),
         sampler: EpochSampler | None = None,
         selector: Selector | None = None,
+        flags: Mapping[str, torch.Tensor] | None = None,
         seed: int = 0,
         progress: bool | str = False,
     ) -> None:
@@ -108,7 +113,9 @@ class Trainer:
         if sampler is None:
             sampler = SoftRandomSampler(len(train_set), 1.0, seed=seed)
         # The step protocol (epochs, selection, gathering, the weighted loss, its state).
-        self.sieve = Sieve(sampler, selector, batch_size=self.local_batch)
+        audit = SelectionAudit.of_dataset(train_set, flags)
+        self.sieve = Sieve(sampler, selector, batch_size=self.local_batch, audit=audit)
+        self.audit = audit
         self.sieve.check_world()
         self.sampler, self.selector = self.sieve.sampler, self.sieve.selector
         self.seed = seed
@@ -149,6 +156,7 @@ class Trainer:
             metrics = self.evaluate()
             merge_accounting(self.acct, since)  # the job's figures, on every rank
             merge_coverage(self.coverage)
+            self.audit.merge_epoch(self.epoch)
             self.history.append(
                 {
                     "epoch": self.epoch + 1,
@@ -260,6 +268,8 @@ class Trainer:
             final_test_accuracy=last.get("test_accuracy"),
             final_test_loss=last.get("test_loss"),
             final_test_entropy=last.get("test_entropy"),
+            balanced_test_accuracy=last.get("test_balanced_accuracy"),
+            worst_class_test_accuracy=last.get("test_worst_class_accuracy"),
             train_time_s=acct.train_time_s,
             train_cpu_s=acct.train_cpu_s,
             eval_time_s=acct.eval_time_s,
@@ -280,6 +290,7 @@ class Trainer:
             final_exit_spearman=last.get("exit_spearman"),
             selector=selected,
             sampler=self.sampler.stats(),
+            selection_audit=self.audit.record(),
             history=list(self.history),
         )
 
