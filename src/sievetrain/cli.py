@@ -54,6 +54,7 @@ FLAGS = {
     "data_dir": "--data-dir",
     "out": "--out",
     "batch_size": "--batch-size",
+    "frontier": "--frontier",
     "label_noise": "--label-noise",
     "duplicates": "--duplicates",
     "long_tail": "--long-tail",
@@ -202,6 +203,7 @@ def _run(
         f"results: {out / RESULTS}\n"
         f"report:  {out / 'report.md'}\n"
         f"plots:   {out / 'accuracy_vs_time.png'}, {out / 'entropy_vs_epoch.png'}"
+        + (f", {out / 'accuracy_vs_cpu.png'}" if bench.frontier else "")
     )
     return 0
 
@@ -241,6 +243,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
         raise ValueError(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
     methods = [args.method] if args.command == "train" else _split_methods(args.methods)
     seeds = [args.seed] if args.command == "train" else _parse_seeds(args.seeds)
+    frontier = getattr(args, "frontier", None)
+    frontier = None if frontier is None else _parse_fractions(frontier)
     sets = dict(_parse_set(s) for s in args.set)
     for flag in SHORTHANDS:  # --lr 0.01 is --set lr=0.01
         if getattr(args, flag) is not None:
@@ -267,6 +271,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Path, list[dict[str, Any]]]:
         sets=sets,
         optimizer=args.optimizer,
         matched=getattr(args, "matched", False),
+        frontier=frontier,
     )
     done = check_output(out, bench, resume=args.resume) if is_main() else []
     return bench, out, done
@@ -352,6 +357,17 @@ def _parser() -> argparse.ArgumentParser:
         help="add, for every method, full data trained for the same compute "
         "(full/budget=F, F = the method's fraction of backward passes; one per distinct F) "
         "and compare each method with it",
+    )
+    bench.add_argument(
+        "--frontier",
+        default=None,
+        metavar="F1,F2,...",
+        help="budgets F in (0, 1], e.g. 0.2,0.4,0.6,0.8,1: add full data trained for F of "
+        "its optimizer steps (full/budget=F) for each F, and for F = 1 if missing, run "
+        "before the methods; report each method's speed-up at equal accuracy: F*, the "
+        "budget full data needs for the method's accuracy (interpolated, never "
+        "extrapolated), over the method's cost in backward passes and in CPU time. The "
+        "speed-ups are against full data (F = 1)",
     )
     for command, p in (("train", train), ("bench", bench)):
         p.add_argument(
@@ -459,6 +475,20 @@ def _parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise ValueError(f"no seeds in --seeds {text!r}")
     return seeds
+
+
+def _parse_fractions(text: str) -> list[float]:
+    fractions = []
+    for part in _split(text):
+        try:
+            fractions.append(float(part))
+        except ValueError:
+            raise ValueError(
+                f"invalid budget {part!r} in --frontier {text!r}: expected numbers in (0, 1]"
+            ) from None
+    if not fractions:
+        raise ValueError(f"no budgets in --frontier {text!r}")
+    return fractions
 
 
 def _parse_set(text: str) -> tuple[str, str]:

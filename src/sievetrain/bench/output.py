@@ -105,6 +105,7 @@ def describe_bench(bench: Bench) -> dict[str, Any]:
         "seeds": list(bench.seeds),
         "matched": {label: match.to_dict() for label, match in bench.matches.items()},
         **({"world_size": bench.world_size} if bench.world_size > 1 else {}),
+        **({"frontier": list(bench.frontier)} if bench.frontier else {}),
     }
 
 

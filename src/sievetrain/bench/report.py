@@ -18,7 +18,12 @@ from sievetrain.bench.compare import (
     timing_cells,
     timing_summary,
 )
-from sievetrain.bench.plots import plot_accuracy_vs_time, plot_entropy_vs_epoch
+from sievetrain.bench.frontier_report import frontier_section, frontier_summary
+from sievetrain.bench.plots import (
+    plot_accuracy_vs_cpu,
+    plot_accuracy_vs_time,
+    plot_entropy_vs_epoch,
+)
 from sievetrain.files import atomic_write_text
 from sievetrain.train import time_to_target
 
@@ -34,7 +39,13 @@ __all__ = [
 ]
 
 # What write_report writes into a bench's folder.
-REPORT_FILES = ("report.md", "accuracy_vs_time.png", "entropy_vs_epoch.png", "summary.json")
+REPORT_FILES = (
+    "report.md",
+    "accuracy_vs_time.png",
+    "entropy_vs_epoch.png",
+    "accuracy_vs_cpu.png",  # with --frontier
+    "summary.json",
+)
 COLUMNS = (
     "method",
     "seeds",
@@ -177,12 +188,16 @@ def write_report(
     out: Path, records: Sequence[dict[str, Any]], *, command: str, target: float | None = None
 ) -> str:
     """Write ``report.md``, ``accuracy_vs_time.png``, ``summary.json`` and (when the
-    runs recorded it) ``entropy_vs_epoch.png`` into ``out``; returns the summary
-    table, led by the comparison at equal compute when the bench ran ``--matched``."""
+    runs recorded it) ``entropy_vs_epoch.png`` into ``out``, and with a full-data sweep
+    (``--frontier``) ``accuracy_vs_cpu.png``; returns the summary table, led by the
+    speed-up at equal accuracy (``--frontier``) and the comparison at equal compute
+    (``--matched``) when the bench ran them."""
     rows, target = summarize(records, target)
     matched = matched_rows(records)
+    sweeps, equal = frontier_summary(records)  # with --frontier
+    lead = frontier_section(sweeps, equal, heading=not matched) + matched_section(matched)
     regimes = imbalance_section(records) + audit_section(records)  # empty for clean data
-    table = matched_section(matched) + markdown_table(rows) + ("\n" + regimes if regimes else "")
+    table = lead + markdown_table(rows) + ("\n" + regimes if regimes else "")
     first = records[0]
     env = first["environment"]
     train = first["config"]["train"]
@@ -190,8 +205,10 @@ def write_report(
     ranks = f" in all, over {world_size} ranks (torchrun)" if world_size > 1 else ""
     epochs = first["epochs"]
     title = f"{first['dataset']} · {first['model']} · {epochs} epoch{'s' * (epochs != 1)}"
-    report, accuracy_plot, entropy_plot, summary = REPORT_FILES
+    report, accuracy_plot, entropy_plot, cpu_plot, summary = REPORT_FILES
     plot_accuracy_vs_time(records, out / accuracy_plot, title)
+    if sweeps:
+        plot_accuracy_vs_cpu(sweeps, equal, out / cpu_plot, title)
     per_epoch = ["## Test accuracy (%) by epoch", "", epoch_table(records, "test_accuracy", 100, 2)]
     if all("test_entropy" in h for r in records for h in r["history"]):
         plot_entropy_vs_epoch(records, out / entropy_plot, title)
@@ -231,12 +248,14 @@ def write_report(
             "",
             f"![test accuracy against training time]({accuracy_plot})",
             "",
+            *([f"![test accuracy against training CPU time]({cpu_plot})", ""] if sweeps else []),
             *per_epoch,
         ]
     )
     atomic_write_text(out / report, text)
     summary_json = {"baseline": baseline_label(records), "target_accuracy": target}
     summary_json |= {"methods": rows, "matched": matched, "selection_audit": audit_rows(records)}
+    summary_json |= {"equal_accuracy": equal, "full_data_sweeps": sweeps} if sweeps else {}
     atomic_write_text(out / summary, json.dumps(summary_json, indent=2) + "\n")
     return table
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from sievetrain.bench.frontier import add_equal_accuracy
 from sievetrain.bench.matched import compare_seed, resolve_measured
 from sievetrain.bench.output import (
     CHECKPOINTS,
@@ -206,6 +207,7 @@ def run_bench(
                 )
                 bench = resolve_measured(bench, [*records, record])
                 compare_seed(record, records, bench.matches)
+                add_equal_accuracy(record, records, bench)
                 if is_main():
                     append_jsonl(out / RESULTS, record)
                     ckpt.unlink(missing_ok=True)

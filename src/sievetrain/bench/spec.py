@@ -1,5 +1,5 @@
 """A bench, resolved and validated before any training: data, model, training
-config, runs (with their budget-matched baselines) and seeds.
+config, runs (with their budget-matched baselines and full-data sweep) and seeds.
 
 :func:`prepare` turns what a user wrote (method texts, seeds, ``--set`` values) into
 a :class:`Bench`, so that bad input fails in a second, not after an hour of runs.
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import sievetrain.bench.methods  # noqa: F401  (registers the built-in methods)
+from sievetrain.bench.frontier import add_frontier, sweep_fractions
 from sievetrain.bench.matched import Match, add_matched
 from sievetrain.bench.registry import RunSpec, parse_run
 from sievetrain.data import DataSplit
@@ -29,8 +30,10 @@ __all__ = ["Bench", "prepare", "run_context"]
 class Bench:
     """A resolved benchmark: data, model, training config, runs and seeds, and each
     method's budget-matched baseline (``matches``, by run label; see
-    :mod:`sievetrain.bench.matched`), and the ranks every run trains on
-    (``world_size``, from the process group ``prepare`` runs in)."""
+    :mod:`sievetrain.bench.matched`), the ranks every run trains on
+    (``world_size``, from the process group ``prepare`` runs in), and the budgets F of
+    its full-data sweep (``frontier``, ascending, 1 included; empty: no sweep; see
+    :mod:`sievetrain.bench.frontier`)."""
 
     data: DataSplit
     model: str
@@ -39,6 +42,7 @@ class Bench:
     seeds: tuple[int, ...]
     matches: Mapping[str, Match] = field(default_factory=dict)
     world_size: int = 1
+    frontier: tuple[float, ...] = ()
 
 
 def prepare(
@@ -51,6 +55,7 @@ def prepare(
     sets: Mapping[str, Any] | None = None,
     optimizer: str | None = None,
     matched: bool = False,
+    frontier: Sequence[float] | None = None,
 ) -> Bench:
     """Resolve and validate everything before any training starts, so that bad
     input fails in a second, not after an hour of runs.
@@ -65,8 +70,12 @@ def prepare(
     ``optimizer`` is the optimizer-level method of runs that name none (default sgd).
     ``matched`` adds each method's budget-matched full-data baseline
     (:func:`~sievetrain.bench.matched.add_matched`), one per distinct fraction.
+    ``frontier`` lists budgets F in (0, 1]: full data trained for each (and for F = 1,
+    the reference of the speed-ups), run first, so that each method gets its speed-up
+    at equal accuracy (:func:`~sievetrain.bench.frontier.add_frontier`).
     """
     _check_lists(data, methods, seeds)
+    fractions = sweep_fractions(frontier) if frontier else ()
     config, runs = _parse_runs(methods, dict(sets or {}), config, optimizer)
     world_size = world()[0]
     if config.batch_size % world_size:
@@ -80,8 +89,11 @@ def prepare(
     matches: dict[str, Match] = {}
     if matched:
         runs, matches = add_matched(runs, run_context(data, config))
+    if fractions:
+        runs = add_frontier(runs, fractions)
     _check_runs(runs, data, config, model)
-    return Bench(data, model, config, runs, tuple(int(s) for s in seeds), matches, world_size)
+    seeds = tuple(int(s) for s in seeds)
+    return Bench(data, model, config, runs, seeds, matches, world_size, fractions)
 
 
 def _check_lists(data: DataSplit, methods: Sequence[str], seeds: Sequence[int]) -> None:
