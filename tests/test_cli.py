@@ -192,6 +192,15 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--methods", "infobatch", "--set", "schedule_unit=step"], "'infobatch' prunes by"),
         (["--train-size", "100000000"], "would take about"),
         (["--data-dir", "/nonexistent"], "--data-dir '/nonexistent' is for Fashion-MNIST"),
+        # Data regimes (issue 26): the value, named as written, before any folder exists.
+        (["--label-noise", "1"], "--label-noise"),
+        (["--label-noise", "1.5"], "1.5"),
+        (["--label-noise", "0.2/kind=sideways"], "sideways"),
+        (["--label-noise", "0.2/flavour=x"], "flavour"),
+        (["--duplicates", "100/copies=50"], "5000"),  # K·M larger than the 600 samples
+        (["--duplicates", "x"], "'x'"),
+        (["--long-tail", "0.5"], "0.5"),
+        (["--off-target", "0.5"], "--off-target"),  # shakespeare only
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, capsys, args, fragment):
@@ -616,3 +625,38 @@ def test_a_folder_another_process_writes_to_is_refused_and_a_stale_lock_taken_ov
         f"{holder.pid} on {socket.gethostname()}, which has ended: taking the folder over\n"
     )
     assert len(records(out)) == 1 and not (out / ".sievetrain.lock").exists()
+
+
+def test_a_noisy_bench_records_its_regime_and_audits_what_each_method_trains(tmp_path):
+    """--label-noise: the regime is in bench.json, the records and the run keys; the
+    report's audit shows Selective Backprop's share of noisy labels next to full data's."""
+    out = tmp_path / "noisy"
+    args = [*SMALL, "--epochs", "2", "--seeds", "0", "--out", str(out)]
+    proc = sievetrain(
+        "bench", *args, "--methods", "full,selective-backprop", "--label-noise", "0.4"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = records(out)
+    regime = {"data_seed": 0, "label_noise": {"rate": 0.4, "kind": "symmetric"}}
+    assert json.loads((out / "bench.json").read_text())["regimes"] == regime
+    assert all(r["regimes"] == regime for r in rows)
+    full, selective = rows
+    noisy = full["selection_audit"]["flags"]["noisy"]
+    assert noisy["ratio"] == pytest.approx(1.0) and 0.3 < noisy["data_share"] < 0.5
+    assert full["balanced_test_accuracy"] is not None
+    report = (out / "report.md").read_text()
+    assert "## Selection audit" in report and "`selective-backprop` trains noisy samples" in report
+    clean = sievetrain(
+        "bench",
+        *SMALL,
+        "--epochs",
+        "2",
+        "--seeds",
+        "0",
+        "--methods",
+        "full",
+        "--out",
+        str(tmp_path / "clean"),
+    )
+    assert clean.returncode == 0, clean.stderr
+    assert records(tmp_path / "clean")[0]["run_key"] != full["run_key"]  # another computation

@@ -72,6 +72,13 @@ def test_speed_ups_divide_f_star_by_the_methods_cost():
     # The sweep's CPU time at F* = 0.7 is 8 s (between 7 and 9), not 0.7 x 11 s.
     assert result["speedup_cpu"] == pytest.approx(8 / 4)
     assert result["sweep"] == monotone(SWEEP.items())
+    # At equal time: 4 s of CPU lies halfway between the sweep's F = 0.2 (3 s) and
+    # F = 0.4 (5 s), where the curve goes 0.80 -> 0.85: 0.825, so 86.5 - 82.5 points.
+    assert result["change_at_equal_cpu_pts"] == pytest.approx(4.0)
+    assert (
+        equal_accuracy(record("m", 0, 0.8, cpu=1.0), sweep_records())["change_at_equal_cpu_pts"]
+        is None
+    )  # faster than the smallest budget: no extrapolation
     above = equal_accuracy(record("m", 0, 0.95, backward=0.5, cpu=5.0), sweep_records())
     assert above["status"] == "above" and above["f_star"] is None
     assert above["speedup_backward"] is None and above["speedup_cpu"] is None

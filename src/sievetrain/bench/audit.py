@@ -64,6 +64,7 @@ def audit_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ratio_std": sample_std(ratios),
                     "first_epoch_ratio": _epoch_ratio(groups, 0),
                     "last_epoch_ratio": _epoch_ratio(groups, -1),
+                    "full_data": _full_data(runs[0]),
                 }
             )
     return rows
@@ -94,7 +95,7 @@ def audit_section(records: Sequence[dict[str, Any]]) -> str:
                 f"{_cell(r['first_epoch_ratio'])} | {_cell(r['last_epoch_ratio'])} |"
             )
         lines.append("")
-        lines += [_sentence(r) for r in rows if r["method"] != "full"] + [""]
+        lines += [_sentence(r) for r in rows if not r["full_data"]] + [""]
     if _long_tail(records):
         lines += _class_table(records)
     return "\n".join(lines) + ("\n" if lines else "")
@@ -162,6 +163,12 @@ def _epoch_ratio(groups: list[dict[str, Any]], epoch: int) -> float | None:
     if not values or any(v is None for v in values):
         return None
     return statistics.fmean(v / g["data_share"] for v, g in zip(values, groups, strict=True))
+
+
+def _full_data(record: dict[str, Any]) -> bool:
+    """Whether the run is full data (any budget) with no selector: nothing to audit."""
+    methods = record["config"]["methods"]
+    return methods["sampler"]["method"] == "full" and not methods.get("selector")
 
 
 def _long_tail(records: Sequence[dict[str, Any]]) -> bool:

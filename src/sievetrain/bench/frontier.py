@@ -155,7 +155,9 @@ def equal_accuracy(
         backward cost; ``speedup_cpu`` = the sweep's CPU time at F* (interpolated in
         F) / the run's (F* / CPU cost when CPU time scales linearly with F); the
         speed-ups None unless ``within``, the CPU ones None without CPU times;
-        ``sweep``, the monotone ``[F, accuracy]`` curve.
+        ``change_at_equal_cpu_pts``, the run's accuracy minus the sweep's (monotone) at
+        the run's CPU time, in points: the comparison at equal time (None when the run's
+        CPU time lies outside the sweep's); ``sweep``, the monotone ``[F, accuracy]`` curve.
     """
     sweep = sorted(sweep_records, key=lambda r: r["sweep_fraction"])
     points = [[r["sweep_fraction"], r["final_test_accuracy"]] for r in sweep]
@@ -177,8 +179,24 @@ def equal_accuracy(
             if within and cpu_known
             else None
         ),
+        "change_at_equal_cpu_pts": (
+            _change_at_cpu(monotone(points), sweep_cpu, cpu, record["final_test_accuracy"])
+            if cpu_known
+            else None
+        ),
         "sweep": monotone(points),
     }
+
+
+def _change_at_cpu(
+    curve: Sequence[Sequence[float]], sweep_cpu: Sequence[float], cpu: float, accuracy: float
+) -> float | None:
+    """``accuracy`` minus the curve's accuracy at CPU time ``cpu`` (interpolated between
+    the sweep's points by their CPU times), in points; None outside the sweep's times."""
+    times = list(sweep_cpu)
+    if not min(times) <= cpu <= max(times) or times != sorted(times):
+        return None
+    return 100 * (accuracy - _interpolate(times, [a for _, a in curve], cpu))
 
 
 def add_equal_accuracy(

@@ -21,6 +21,7 @@ FRONTIER_COLUMNS = (
     "speed-up, backward passes",
     "CPU cost",
     "speed-up, CPU time",
+    "Δ acc vs full at equal CPU time (pts)",
 )
 FRONTIER_NOTE = (
     "F* is the fraction of its optimizer steps full data needs to reach the method's "
@@ -32,7 +33,9 @@ FRONTIER_NOTE = (
     "speed-ups at equal accuracy are F* over the backward cost, and the sweep's CPU time "
     "at F* (interpolated) over the method's: each seed against its own sweep, mean ± "
     "sample std over seeds, shown when every seed's accuracy lies on the sweep. Both "
-    "are against full data: F = 1 is always in the sweep."
+    "are against full data: F = 1 is always in the sweep. The last column compares "
+    "at equal time: the method's accuracy minus the sweep's at the method's CPU time "
+    "(interpolated between the sweep's runs by their CPU times), paired by seed."
 )
 
 
@@ -80,6 +83,7 @@ def frontier_section(
             _speedup(r["speedup_backward_mean"], r["speedup_backward_std"], within, n),
             "—" if r["cpu_cost"] is None else f"{r['cpu_cost']:.3g}",
             _speedup(r["speedup_cpu_mean"], r["speedup_cpu_std"], within, n),
+            _change(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if not rows:
@@ -134,6 +138,10 @@ def _row(label: str, runs: Sequence[Mapping[str, Any]], sweep: Mapping[str, Any]
         "cpu_cost": _mean([e["cpu_cost"] for e in per_seed]),
         "seeds_within": within,
     }
+    changes = [e.get("change_at_equal_cpu_pts") for e in per_seed]
+    row["change_at_equal_cpu_seeds"] = sum(c is not None for c in changes)
+    row["change_at_equal_cpu_mean"] = _mean(changes)
+    row["change_at_equal_cpu_std"] = None if None in changes else sample_std(changes)
     for kind in ("backward", "cpu"):
         values = [e[f"speedup_{kind}"] for e in per_seed] if within == len(runs) else [None]
         row[f"speedup_{kind}_mean"] = _mean(values)
@@ -153,6 +161,13 @@ def _speedup(mean: float | None, std: float | None, within: int, seeds: int) -> 
     if within < seeds:
         return f"— ({within}/{seeds} seeds within the sweep)"
     return "—" if mean is None else f"{mean:.2f}× ± {std:.2f}"
+
+
+def _change(row: Mapping[str, Any]) -> str:
+    if row["change_at_equal_cpu_mean"] is None:
+        seeds = f"{row['change_at_equal_cpu_seeds']}/{row['seeds']}"
+        return f"— ({seeds} seeds within the sweep's CPU times)"
+    return f"{row['change_at_equal_cpu_mean']:+.2f} ± {row['change_at_equal_cpu_std']:.2f}"
 
 
 def _optimizer(record: Mapping[str, Any]) -> str:
