@@ -70,6 +70,21 @@ def check_infobatch(namespace, out):
     assert not bool((sampler.scores == 1).any())
 
 
+def check_regimes(namespace, out):
+    noisy = namespace["noisy"]
+    share = noisy.flags["noisy"].float().mean().item()
+    assert abs(share - 0.3) < 5 * (0.3 * 0.7 / 1000) ** 0.5  # binomial, 5 sigma
+    assert f"{share:.2f} of the training labels are wrong" in out
+    records = namespace["records"]
+    methods = [r for r in records if "equal_accuracy" in r]
+    assert sorted({r["method"] for r in methods}) == ["random-keep", "selective-backprop"]
+    assert len(methods) == 4 and out.count(" noisy x") == 4
+    for record in methods:
+        audit = record["selection_audit"]
+        assert sum(audit["per_epoch_backpropagated"]) == record["samples_backpropagated"]
+    assert "## Selection audit" in (namespace["out"] / "report.md").read_text()
+
+
 def check_ddp_loop(namespace, out):
     # One process: the whole 30 % subset of the 4,000 training samples, every epoch.
     assert "rank 0 of 1: 1200 samples an epoch, in sync: True" in out
@@ -82,6 +97,7 @@ CHECKS = [
     check_sift,
     check_gradmatch,
     check_infobatch,
+    check_regimes,
     check_ddp_loop,
 ]
 

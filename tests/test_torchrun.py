@@ -49,11 +49,12 @@ def _records(folder):
 
 def test_bench_under_torchrun_writes_one_record_per_run_with_global_counts(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    ran = _torchrun("-m", "sievetrain", *BENCH, "--out", str(two))
+    bench = [*BENCH, "--label-noise", "0.3"]  # and the selection audit over ranks
+    ran = _torchrun("-m", "sievetrain", *bench, "--out", str(two))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.count("results:") == 1  # rank 0 alone prints
     single = subprocess.run(
-        [sys.executable, "-m", "sievetrain", *BENCH, "--out", str(one), "--quiet"],
+        [sys.executable, "-m", "sievetrain", *bench, "--out", str(one), "--quiet"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -66,11 +67,16 @@ def test_bench_under_torchrun_writes_one_record_per_run_with_global_counts(tmp_p
         assert record["world_size"] == 2 and expected[method]["world_size"] == 1
         for key in ("samples_backpropagated", "samples_forwarded", "optimizer_steps", "coverage"):
             assert record[key] == expected[method][key], (method, key)
+        # The ranks' counts summed each epoch: the same samples as one process trains.
+        audit, alone = record["selection_audit"], expected[method]["selection_audit"]
+        assert audit["per_epoch_backpropagated"] == alone["per_epoch_backpropagated"]
+        assert audit["flags"]["noisy"]["count"] == alone["flags"]["noisy"]["count"] > 0
+        assert audit["classes"]["count"] == alone["classes"]["count"]
     assert json.loads((two / "bench.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
     # Resume: every run finished, so nothing trains and the same records come back.
-    again = _torchrun("-m", "sievetrain", *BENCH, "--out", str(two), "--resume", "--quiet")
+    again = _torchrun("-m", "sievetrain", *bench, "--out", str(two), "--resume", "--quiet")
     assert again.returncode == 0, again.stderr[-3000:]
     assert _records(two) == records
 

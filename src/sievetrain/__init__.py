@@ -8,6 +8,8 @@ The pieces for your own PyTorch loop:
 - ``sievetrain.optim.StochGradAdam``: Adam on a random subset of gradient entries.
 - ``sievetrain.Sieve``: the step protocol every front end runs (epochs, selection,
   gathering, the weighted loss, one checkpoint state), for a loop of your own.
+- ``sievetrain.SelectionAudit``: which kinds of samples (a data regime's flags, each
+  class) the backward passes went to.
 - ``sievetrain.train.Trainer``: the accounted training loop the CLI uses.
 
 Each method's options are one frozen dataclass (``SRSOptions``, ``SIFTOptions``, ...;
@@ -16,7 +18,7 @@ see ``sievetrain.options``), the single home of their defaults.
 
 __version__ = "0.1.0"
 
-__all__ = ["Sieve", "__version__"]
+__all__ = ["SelectionAudit", "Sieve", "__version__"]
 
 
 def __getattr__(name: str) -> object:
@@ -25,4 +27,8 @@ def __getattr__(name: str) -> object:
         from sievetrain.sieve import Sieve
 
         return Sieve
+    if name == "SelectionAudit":
+        from sievetrain.audit import SelectionAudit
+
+        return SelectionAudit
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The regime benches of benchmarks/regimes.md, one torch thread pinned to one core each:
+#   bash benchmarks/regimes/run.sh 0 fashion clean noise-0.2 ...   (core 0)
+#   bash benchmarks/regimes/run.sh 1 fashion duplicates ...        (core 1)
+# Each bench writes benchmarks/regimes/<dataset>/<regime>/; --resume continues one that
+# was interrupted (and rewrites its report from its records).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+core=$1 task=$2
+shift 2
+export OMP_NUM_THREADS=1
+FASHION=(--dataset fashion-mnist --train-size 20000 --test-size 5000 --epochs 5
+  --methods full,srs:0.3,infobatch,selective-backprop,sift,sift-entropy,random-keep
+  --matched --frontier 0.2,0.4,0.6,0.8,1 --seeds 0,1,2 --quiet)
+# Masked-LM with the default decaying schedule (step: lr x0.1 at 50 % and 75 % of the run).
+SHAKESPEARE=(--dataset shakespeare --train-size 3200 --test-size 512 --epochs 5 --batch-size 64
+  --optimizer adam --methods full,sift:0.5,random-keep:0.5,selective-backprop:3
+  --matched --frontier 0.25,0.5,0.75,1 --seeds 0,1,2 --quiet)
+for regime in "$@"; do
+  case $regime in
+    clean) extra=() ;;
+    noise-0.2) extra=(--label-noise 0.2) ;;
+    noise-0.4) extra=(--label-noise 0.4) ;;
+    confusion-0.3) extra=(--label-noise 0.3/kind=confusion) ;;
+    duplicates-200x50) extra=(--duplicates 200/copies=50) ;;
+    duplicates-200x50-jitter2) extra=(--duplicates 200/copies=50/jitter=2) ;;
+    long-tail-50) extra=(--long-tail 50) ;;
+    off-target-0.5) extra=(--off-target 0.5) ;;
+    *) echo "unknown regime $regime" >&2; exit 2 ;;
+  esac
+  if [ "$task" = fashion ]; then args=("${FASHION[@]}"); else args=("${SHAKESPEARE[@]}"); fi
+  out=benchmarks/regimes/$task/$regime
+  resume=(); [ -e "$out/bench.json" ] && resume=(--resume)
+  taskset -c "$core" .venv/bin/sievetrain bench "${args[@]}" "${extra[@]}" "${resume[@]}" --out "$out"
+done
