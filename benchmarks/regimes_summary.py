@@ -5,9 +5,12 @@ method: its backward cost, its accuracy change against full data over the same e
 and at equal compute (paired by seed), F* and the speed-up at equal accuracy (in
 backward passes and in CPU time), the change at equal CPU time, and the selection audit
 (each flag's ratio of share backpropagated to share of the data, overall and in the
-first and last epoch). Each argument is ``REGIME=FOLDER``:
+first and last epoch). Each argument is ``REGIME=FOLDER`` (split at its last "="):
 
     python benchmarks/regimes_summary.py "clean=benchmarks/regimes/fashion/clean" ...
+
+With ``--compact`` first, one matrix instead: methods × regimes, each cell the speed-up
+at equal accuracy in CPU time (in backward passes).
 
 Speed-ups are mean ± std over the seeds when every seed's accuracy lies on its sweep;
 otherwise the value from the means (F* of the mean sweep over the mean cost), marked
@@ -159,10 +162,44 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def compact(regimes: list[tuple[str, Path]]) -> list[str]:
+    """One row per method, one column per regime: the speed-up at equal accuracy in CPU
+    time and, in parentheses, in backward passes."""
+    summaries = [
+        json.loads((folder / "summary.json").read_text(encoding="utf-8")) for _, folder in regimes
+    ]
+    methods = list(dict.fromkeys(row["method"] for s in summaries for row in s["equal_accuracy"]))
+    lines = [
+        "| method | " + " | ".join(name for name, _ in regimes) + " |",
+        "|---|" + "---|" * len(regimes),
+    ]
+    for method in methods:
+        cells = []
+        for summary in summaries:
+            row = next((r for r in summary["equal_accuracy"] if r["method"] == method), None)
+            sweep = summary["full_data_sweeps"][0]
+            if row is None:
+                cells.append("—")
+            elif row["status"] == "above":
+                cells.append("beyond full data")
+            elif row["status"] == "below":
+                cells.append(f"below F = {row['f_min']:g}")
+            else:
+                cpu = _speedup(row, "cpu", row["cpu_cost"], sweep).split(" ")[0]
+                backward = _speedup(row, "backward", row["backward_cost"], sweep).split(" ")[0]
+                cells.append(f"{cpu} ({backward})")
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--compact":
+        pairs = [a.rpartition("=") for a in argv[1:]]
+        print("\n".join(compact([(name, Path(folder)) for name, _, folder in pairs])))
+        return 0
     ratios = []
     for argument in argv:
-        regime, _, folder = argument.partition("=")
+        regime, _, folder = argument.rpartition("=")
         print("\n".join(table(regime, Path(folder))))
         for record in read_jsonl(Path(folder) / "results.jsonl"):
             ratios.append(record["train_time_s"] / record["train_cpu_s"])

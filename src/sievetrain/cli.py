@@ -464,31 +464,26 @@ def _split_methods(text: str) -> list[str]:
 
 
 def _parse_seeds(text: str) -> list[int]:
-    seeds = []
-    for part in _split(text):
-        try:
-            seeds.append(int(part))
-        except ValueError:
-            raise ValueError(
-                f"invalid seed {part!r} in --seeds {text!r}: expected integers"
-            ) from None
-    if not seeds:
-        raise ValueError(f"no seeds in --seeds {text!r}")
-    return seeds
+    return _parse_list(text, int, "--seeds", "seed", "integers")
 
 
 def _parse_fractions(text: str) -> list[float]:
-    fractions = []
+    return _parse_list(text, float, "--frontier", "budget", "numbers in (0, 1]")
+
+
+def _parse_list(text: str, kind: type, flag: str, item: str, expected: str) -> list:
+    """The comma-separated values of ``flag``, each of type ``kind``."""
+    values = []
     for part in _split(text):
         try:
-            fractions.append(float(part))
+            values.append(kind(part))
         except ValueError:
             raise ValueError(
-                f"invalid budget {part!r} in --frontier {text!r}: expected numbers in (0, 1]"
+                f"invalid {item} {part!r} in {flag} {text!r}: expected {expected}"
             ) from None
-    if not fractions:
-        raise ValueError(f"no budgets in --frontier {text!r}")
-    return fractions
+    if not values:
+        raise ValueError(f"no {item}s in {flag} {text!r}")
+    return values
 
 
 def _parse_set(text: str) -> tuple[str, str]:

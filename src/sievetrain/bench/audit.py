@@ -176,7 +176,10 @@ def _long_tail(records: Sequence[dict[str, Any]]) -> bool:
 
 
 def _source(source: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in source.items() if k != "sha256")
+    """``python-stdlib (Python 3.11.7, 168 files, 4,696,626 characters)``."""
+    details = [f"Python {source['python']}"] if "python" in source else []
+    details += [f"{source[k]:,} {k}" for k in ("files", "characters") if k in source]
+    return f"{source.get('text', 'text')} ({', '.join(details)})"
 
 
 def _spread(values: list[float]) -> str:
