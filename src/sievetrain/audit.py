@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from sievetrain.distributed import all_reduce, world
 from sievetrain.options import as_int
 
 __all__ = ["SelectionAudit", "audit_record", "dataset_labels"]
@@ -74,7 +75,8 @@ class SelectionAudit:
             columns.append(torch.nn.functional.one_hot(labels.cpu().long(), self.num_classes))
         self._groups = torch.cat(columns, dim=1)
         self.data_counts = self._groups.sum(0)  # (G,)
-        self.counts = torch.zeros(0, self._groups.shape[1], dtype=torch.long)  # (epochs, G)
+        # (epochs so far, G): a row per epoch begun, epoch 0 from the start
+        self.counts = torch.zeros(1, self._groups.shape[1], dtype=torch.long)
         self.epoch = 0
 
     @classmethod
@@ -93,13 +95,10 @@ class SelectionAudit:
 
     def update(self, idx: Tensor) -> None:
         """Count the backpropagated samples of dataset indices ``idx`` (B,)."""
-        self.set_epoch(self.epoch)
         self.counts[self.epoch] += self._groups[idx.cpu().long()].sum(0)
 
     def merge_epoch(self, epoch: int) -> None:
         """Sum ``epoch``'s counts over the process group's ranks (no-op on one process)."""
-        from sievetrain.distributed import all_reduce, world
-
         if world()[0] > 1:
             self.set_epoch(epoch)
             self.counts[epoch] = all_reduce(self.counts[epoch].clone()).to(torch.long)

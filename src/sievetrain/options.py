@@ -37,6 +37,7 @@ __all__ = [
     "as_int",
     "naming",
     "option",
+    "parse_assignments",
     "parse_typed",
 ]
 
@@ -160,6 +161,33 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_assignments(
+    options: type[Options],
+    assignments: list[str],
+    allowed: tuple[str, ...],
+    *,
+    where: str = "",
+    owner: str = "",
+) -> dict[str, Any]:
+    """The values of ``KEY=VALUE`` texts (the ``/KEY=VALUE`` parts of a method or a data
+    regime), each parsed by ``options``' type for KEY, which must be in ``allowed``.
+
+    Raises:
+        ValueError: a part without ``=`` (``where`` says where it stood), a key not in
+            ``allowed`` (``owner`` says whose), or a bad value.
+    """
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        key, eq, raw = assignment.partition("=")
+        if not eq:
+            raise ValueError(f"expected KEY=VALUE after '/'{where}, got {assignment!r}")
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise ValueError(f"unknown option {key!r}{owner}; its options: {known}")
+        values[key] = options.parse(key, raw)
+    return values
 
 
 def parse_typed(raw: str, kind: Any, name: str) -> Any:

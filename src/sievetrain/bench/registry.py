@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from sievetrain.options import ArgumentError, Options, RunContext, naming
+from sievetrain.options import ArgumentError, Options, RunContext, naming, parse_assignments
 
 __all__ = [
     "LEVELS",
@@ -213,12 +213,11 @@ def _component(
         if method.knob is None:
             raise ValueError(f"method {name!r} takes no value, got {raw_value!r}")
         values[method.knob] = method.options.parse(method.knob, raw_value)
-    for assignment in assignments:
-        key, eq, raw = assignment.partition("=")
-        if not eq:
-            raise ValueError(f"expected KEY=VALUE after '/' in {part!r}, got {assignment!r}")
-        if key not in method.exposed:
-            known = ", ".join(method.exposed) or "none"
-            raise ValueError(f"unknown option {key!r} for method {name!r}; its options: {known}")
-        values[key] = method.options.parse(key, raw)
+    values |= parse_assignments(
+        method.options,
+        assignments,
+        method.exposed,
+        where=f" in {part!r}",
+        owner=f" for method {name!r}",
+    )
     return Component(method, method.options(**{**method.pinned, **values}))

@@ -38,7 +38,7 @@ from sievetrain.data.corruptions import (
 )
 from sievetrain.data.off_target import mix_off_target, off_target_sequences
 from sievetrain.data.split import DataSplit
-from sievetrain.options import ArgumentError, Options, option
+from sievetrain.options import ArgumentError, Options, option, parse_assignments
 from sievetrain.rng import make_generator
 
 __all__ = [
@@ -141,15 +141,7 @@ def parse_regime(name: str, text: str) -> Options:
         if not head:
             raise ValueError(f"expected VALUE[/KEY=VALUE]..., VALUE being the {knob}")
         values = {knob: options.parse(knob, head)}
-        for assignment in assignments:
-            key, eq, raw = assignment.partition("=")
-            if not eq:
-                raise ValueError(f"expected KEY=VALUE after '/', got {assignment!r}")
-            if key not in options.names():
-                raise ValueError(
-                    f"unknown option {key!r}; its options: {', '.join(options.names())}"
-                )
-            values[key] = options.parse(key, raw)
+        values |= parse_assignments(options, assignments, options.names())
         return options(**values)
     except ValueError as error:
         shown = text or "''"
