@@ -5,7 +5,8 @@ method: its backward cost, its accuracy change against full data over the same e
 and at equal compute (paired by seed), F* and the speed-up at equal accuracy (in
 backward passes and in CPU time), the change at equal CPU time, and the selection audit
 (each flag's ratio of share backpropagated to share of the data, overall and in the
-first and last epoch). Each argument is ``REGIME=FOLDER`` (split at its last "="):
+first and last epoch), then what a reference model cost where a method has one. Each
+argument is ``REGIME=FOLDER`` (split at its last "="):
 
     python benchmarks/regimes_summary.py "clean=benchmarks/regimes/fashion/clean" ...
 
@@ -86,7 +87,29 @@ def table(regime: str, folder: Path) -> list[str]:
             "; ".join(audit.get(method, [])) or "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, "", *_imbalance(records, summary), ""]
+    return [*lines, "", *_reference(summary), *_imbalance(records, summary), ""]
+
+
+def _reference(summary: dict) -> list[str]:
+    """What each method's reference model cost (RHO-LOSS, Rho-1), inside its figures."""
+    lines = [
+        f"- `{r['method']}`: its reference model made {r['reference_backpropagated']:,.0f} "
+        f"backward passes ({100 * r['backprop_share']:.0f} % of the method's) and took "
+        f"{r['cpu_s']:.1f} s CPU ({100 * r['cpu_share']:.0f} % of the method's)"
+        + (
+            f"; it kept {100 * r['tokens_kept']:.0f} % of the target tokens"
+            + "".join(
+                f", {flag} {100 * v['share_of_kept_tokens']:.1f} % of the kept ones "
+                f"({100 * v['share_of_tokens']:.1f} % of all)"
+                for flag, v in r["tokens_by_flag"].items()
+            )
+            if "tokens_kept" in r
+            else ""
+        )
+        + "."
+        for r in summary.get("reference", [])
+    ]
+    return [*lines, ""] if lines else []
 
 
 def _class_ratios(records: list[dict]) -> dict[str, list[float]]:

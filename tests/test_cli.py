@@ -201,6 +201,14 @@ def test_train_single_run_and_methods_listing(tmp_path):
         (["--duplicates", "x"], "'x'"),
         (["--long-tail", "0.5"], "0.5"),
         (["--off-target", "0.5"], "--off-target"),  # shakespeare only
+        # Reference-model selection (issue 27):
+        (["--methods", "rho-loss:0.3/candidates=5"], "invalid candidates=5"),
+        (["--methods", "rho-loss:0"], "'rho-loss:0': invalid ratio=0.0"),
+        (["--methods", "rho-loss/holdout=0.9"], "holdout=0.9"),
+        (["--methods", "rho-loss/reference=triplet"], "'triplet'"),
+        (["--methods", "rho-loss/ref_model=nope"], "unknown model 'nope'"),
+        (["--methods", "rho-loss/ref_model=fashion-cnn"], "input_shape=(1, 40)"),
+        (["--methods", "rho1"], "'rho1': rho1 selects tokens"),  # one label per sample
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_value(tmp_path, capsys, args, fragment):
@@ -660,3 +668,29 @@ def test_a_noisy_bench_records_its_regime_and_audits_what_each_method_trains(tmp
     )
     assert clean.returncode == 0, clean.stderr
     assert records(tmp_path / "clean")[0]["run_key"] != full["run_key"]  # another computation
+
+
+def test_a_rho_loss_bench_charges_its_reference_model_everywhere(tmp_path):
+    """rho-loss under --matched: the reference's training is in the backward passes
+    and so in F, its time in the ``reference`` phase, its scoring in ``samples_scored``,
+    and the report has a section that says what it cost."""
+    out = tmp_path / "rho"
+    args = [*SMALL, "--epochs", "2", "--seeds", "0", "--matched", "--out", str(out)]
+    proc = sievetrain("bench", *args, "--methods", "rho-loss:0.5/ref_epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    rho, baseline = records(out)
+    stats = rho["selector"]
+    assert stats["samples_held_out"] == 60  # 10 % of 600, never trained on
+    assert stats["samples_reference_backpropagated"] > 0
+    assert rho["samples_scored"] == stats["samples_scored"] >= 540  # each trained sample once
+    assert rho["cpu_breakdown_s"]["reference"] > 0
+    assert rho["samples_backpropagated"] > stats["samples_reference_backpropagated"]
+    fraction = rho["samples_backpropagated"] / (2 * 600)
+    assert rho["matched"]["budget"] == pytest.approx(fraction, abs=1e-3)
+    assert baseline["method"] == rho["matched"]["baseline"] == f"full/budget={fraction:.3g}"
+    assert baseline["samples_backpropagated"] == pytest.approx(fraction * 1200, abs=2)
+    report = (out / "report.md").read_text()
+    assert "## Reference model" in report
+    assert (
+        f"| rho-loss:0.5/ref_epochs=2 | {stats['samples_reference_backpropagated']:,} |" in report
+    )

@@ -104,6 +104,8 @@ class RunContext:
     seed: int = 0  # run seed; each method derives its own streams from it
     model: Any = None  # a throwaway model, for checks that need one (Options.needs_model)
     sample: Any = None  # (x, y) of a few training samples, with ``model``
+    input_shape: tuple[int, ...] = ()  # one sample's input shape (e.g. to build a model)
+    flags: Any = None  # name -> bool (N,) of a data regime (e.g. "off_target")
 
 
 class Options:

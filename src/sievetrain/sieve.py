@@ -5,10 +5,11 @@ same order, whichever front end runs it: sievetrain's ``Trainer``, the Lightning
 callback, the Hugging Face ``SieveTrainer``, an accelerate loop or a hand-written one.
 ``Sieve`` is the one home of that protocol, and each front end calls it:
 
-1. ``begin_epoch(epoch, model, dataset)`` before the epoch's first batch: the sampler's
-   epoch (``set_epoch``), its ``refresh`` (a coreset chooses its subset from the model
-   there), the selector's epoch; and the check that the sampler shards over the
-   process group's ranks.
+1. ``begin_epoch(epoch, model, dataset)`` before the epoch's first batch: what is left
+   of the selector's preparation (``prepare``: RHO-LOSS trains its reference model,
+   counted in ``samples_backpropagated``), the sampler's epoch (``set_epoch``), its
+   ``refresh`` (a coreset chooses its subset from the model there), the selector's
+   epoch; and the check that the sampler shards over the process group's ranks.
 2. ``select(batch, model)`` for every loaded batch: the selector picks the samples that
    get the backward pass. A selector that ``accumulates`` (Selective Backprop) has its
    kept samples gathered into full batches of ``batch_size``, so ``select`` returns a
@@ -18,8 +19,9 @@ callback, the Hugging Face ``SieveTrainer``, an accelerate loop or a hand-writte
    batch (or None). ``select`` of an empty batch flushes too: the end-of-epoch batch
    that a :class:`~sievetrain.integrations.ResumableLoader` bound to a gathering sieve
    hands a framework that owns the loop.
-4. ``loss(logits, y, idx)``: the sampler's weighted loss (InfoBatch is fed the losses),
-   counted in ``samples_backpropagated`` and, given an ``audit``, per flag and class
+4. ``loss(logits, y, idx)``: the sampler's weighted loss (InfoBatch is fed the losses)
+   of the targets the selector lets through (Rho-1 keeps some tokens), counted in
+   ``samples_backpropagated`` and, given an ``audit``, per flag and class
    (:class:`~sievetrain.audit.SelectionAudit`).
 
 ``batches(loader, model)`` runs 2 and 3 over a loader, for a hand-written loop.
@@ -40,7 +42,7 @@ from torch.utils.data import Dataset
 from sievetrain.audit import SelectionAudit
 from sievetrain.batches import Batch, Waiting, join_batches, take_rows, to_device
 from sievetrain.data import IndexedDataset
-from sievetrain.distributed import world
+from sievetrain.distributed import unwrap, world
 from sievetrain.options import as_int
 from sievetrain.sampling.base import EpochSampler
 from sievetrain.selection.base import KeepAll, Selector
@@ -54,8 +56,10 @@ class Sieve:
     Args:
         sampler: the :class:`~sievetrain.sampling.EpochSampler` the loader draws from.
         selector: a :class:`~sievetrain.selection.Selector`; None keeps every sample.
-        batch_size: this rank's training batch (the loader's): the size gathered batches
-            reach. Needed when the selector ``accumulates`` (Selective Backprop).
+        batch_size: this rank's training batch: the size gathered batches reach. Needed
+            when the selector ``accumulates`` (Selective Backprop). The loader's batch is
+            :attr:`loader_batch_size` (the same, but for a selector that picks from
+            candidate batches of several training batches, RHO-LOSS).
         input_key, label_key: where a batch that is a mapping (Hugging Face) holds the
             model's input and the targets; its dataset index is under ``"idx"``. A
             batch that is a tuple or list is ``(x, y, idx)``.
@@ -99,6 +103,14 @@ class Sieve:
         self._resume: int | None = None  # the epoch a loaded state was saved in
 
     @property
+    def loader_batch_size(self) -> int | None:
+        """The batch the train loader must give: ``batch_size`` times the selector's
+        ``candidates`` (the training batches each loaded batch is selected from)."""
+        if self.batch_size is None:
+            return None
+        return self.batch_size * self.selector.candidates
+
+    @property
     def accumulates(self) -> bool:
         """Whether kept samples are gathered into full batches."""
         return self.selector.accumulates
@@ -138,6 +150,8 @@ class Sieve:
         epoch = as_int("epoch", epoch, 0)
         if epoch == self._begun:
             return
+        while self.prepare(model, dataset) is not None:  # what the Trainer has not run
+            pass
         self.sampler.set_epoch(epoch)  # keeps a loaded position of this epoch
         if isinstance(dataset, IndexedDataset):
             dataset = dataset.dataset
@@ -149,6 +163,18 @@ class Sieve:
             self._position, self._waiting = 0, Waiting()
         self._begun, self._resume = epoch, None
 
+    def prepare(self, model: nn.Module, dataset: Dataset) -> int | None:
+        """One unit of the selector's work before training (a reference model's epoch):
+        the samples it backpropagated, counted in ``samples_backpropagated``; None once
+        the selector is prepared. ``begin_epoch`` runs what is left; a loop that wants
+        to time it, or checkpoint between units, calls this until None first."""
+        if isinstance(dataset, IndexedDataset):
+            dataset = dataset.dataset
+        trained = self.selector.prepare(unwrap(model), dataset)
+        if trained is not None:
+            self.samples_backpropagated += trained
+        return trained
+
     def select(self, batch: Batch, model: nn.Module) -> Batch | None:
         """The batch to train now, of ``batch``'s form, or None: nothing yet.
 
@@ -157,12 +183,15 @@ class Sieve:
         wait. An empty ``batch`` marks the end of the epoch's data: :meth:`flush`.
         ``model`` is what the selector scores with (a DDP wrapper is fine).
         """
-        x, y, _ = self._parts(batch)
+        x, y, idx = self._parts(batch)
         size = len(y)
         if size == 0:
             return self.flush()
         self._position = self.position + size
-        keep = self.selector.select(model, x, y)
+        if self.selector.needs_index:
+            keep = self.selector.select(model, x, y, idx)
+        else:
+            keep = self.selector.select(model, x, y)
         kept, count = (batch, size) if keep is None else (take_rows(batch, keep, size), len(keep))
         if not self.accumulates:
             return kept if count else None
@@ -215,6 +244,7 @@ class Sieve:
         self.samples_backpropagated += len(y)
         if self.audit is not None:
             self.audit.update(idx)
+        y = self.selector.targets(logits.detach(), y, idx)  # Rho-1 keeps some tokens
         return self.sampler.loss(logits, y, idx)
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,7 +7,10 @@ from torch.utils.data import TensorDataset
 
 from sievetrain.bench import REGISTRY, prepare
 from sievetrain.bench.runner import run_one
+from sievetrain.data import load_dataset
 from sievetrain.files import load_torch
+from sievetrain.selection import Rho1Options
+from sievetrain.selection.reference import ReferenceOptions
 from sievetrain.train import TrainConfig
 
 
@@ -41,7 +44,12 @@ def test_every_method_resumes_from_its_checkpoint_exactly(name, mnist1d, tmp_pat
     """A new registry entry is checked here automatically: crash after one epoch,
     resume from the checkpoint, and land on the uninterrupted run's numbers."""
     data = subset(mnist1d, 640, 512)  # 10 batches of 64 per epoch; 8 held-out rank batches
-    bench = prepare(data, [name], [0], config=TrainConfig(epochs=3, batch_size=64))
+    method = name
+    if REGISTRY[name].options is Rho1Options:  # selects tokens: the masked LM
+        data = load_dataset("shakespeare", train_size=192, test_size=64)
+    if issubclass(REGISTRY[name].options, ReferenceOptions):  # a short reference phase
+        method = f"{name}/ref_epochs=2"
+    bench = prepare(data, [method], [0], config=TrainConfig(epochs=3, batch_size=64))
     (run,) = bench.runs
     straight = tmp_path / "straight.pt"  # its last checkpoint holds the final state
     clean = run_one(bench, run, 0, checkpoint=straight)

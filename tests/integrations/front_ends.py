@@ -24,10 +24,10 @@ from sievetrain import Sieve
 from sievetrain.data import IndexedDataset, make_loader
 from sievetrain.models import MNIST1DCNN
 from sievetrain.sampling import EpochSampler, GradMatchSampler, SoftRandomSampler
-from sievetrain.selection import SelectiveBackprop, Selector
+from sievetrain.selection import RhoLoss, SelectiveBackprop, Selector
 
 BATCH, EPOCHS, LR = 16, 3, 0.05
-METHODS = ("selective-backprop", "gradmatch")
+METHODS = ("selective-backprop", "gradmatch", "rho-loss")
 
 Trained = list[tuple[int, list[int]]]
 
@@ -36,6 +36,9 @@ def method(name: str) -> tuple[EpochSampler, Selector | None]:
     """The method's sampler and selector, as every front end builds them."""
     if name == "selective-backprop":  # full data; keeps ~half of each batch after epoch 0
         return SoftRandomSampler(N, 1.0, seed=0), SelectiveBackprop(1.0, history=64, seed=0)
+    if name == "rho-loss":  # a reference phase first; half of candidate batches of 2
+        selector = RhoLoss(0.5, candidates=2, holdout=0.25, ref_epochs=2, ref_batch=8, seed=0)
+        return SoftRandomSampler(N, 1.0, seed=0), selector
     if name == "gradmatch":  # a fresh weighted coreset of half the batches every epoch
         sampler = GradMatchSampler(N, 0.5, batch_size=BATCH, epochs=EPOCHS, kappa=0.0, seed=0)
         return sampler, None
@@ -90,10 +93,11 @@ def _loop(name: str, model: nn.Module, optimizer, backward, loader_for=None) -> 
     train = data()
     sampler, selector = method(name)
     sieve = Sieve(sampler, selector, batch_size=BATCH)
+    size = sieve.loader_batch_size  # candidate batches of several (RHO-LOSS)
     if loader_for is None:
-        loader = make_loader(train, BATCH, sampler=sampler)
+        loader = make_loader(train, size, sampler=sampler)
     else:
-        loader = loader_for(IndexedDataset(train), sampler)
+        loader = loader_for(IndexedDataset(train), size, sampler)
     trained: Trained = []
     record(sieve, trained)
     for epoch in range(EPOCHS):
@@ -235,8 +239,8 @@ def run_accelerate(name: str) -> tuple[Trained, dict]:
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    def loader(dataset, sampler):
-        return prepare_loader(accelerator, dataset, BATCH, sampler=sampler)
+    def loader(dataset, size, sampler):
+        return prepare_loader(accelerator, dataset, size, sampler=sampler)
 
     trained = _loop(name, model, optimizer, accelerator.backward, loader)
     result = params(accelerator.unwrap_model(model))

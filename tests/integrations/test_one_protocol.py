@@ -24,6 +24,14 @@ def test_every_front_end_trains_the_same_samples_in_the_same_steps(name):
         assert sizes[:6] == [front_ends.BATCH] * 6
         later = sizes[6:]
         assert len(later) < 12 and later.count(front_ends.BATCH) >= len(later) - 2
+    elif name == "rho-loss":
+        # A quarter of the 96 samples trains the reference (in begin_epoch) and is never
+        # trained on; half of each candidate batch of 32 is kept, gathered into full
+        # batches of 16, each epoch's remainder trained last.
+        assert len({i for _, idx in reference for i in idx}) <= 72
+        for epoch in range(front_ends.EPOCHS):
+            mine = [len(idx) for e, idx in reference if e == epoch]
+            assert mine[:-1] == [front_ends.BATCH] * (len(mine) - 1) and 30 <= sum(mine) <= 42
     else:  # GRAD-MATCH: half of the 6 batches of the partition, re-selected every epoch
         assert sizes == [front_ends.BATCH] * 9
         subsets = [sorted(i for e, idx in reference if e == epoch for i in idx) for epoch in (0, 1)]

@@ -1,6 +1,7 @@
 """The report's view of data regimes: what was done to the data, what each method
 backpropagated of each kind of sample (the selection audit, :mod:`sievetrain.audit`),
-and, under a long tail, the balanced and worst-class test accuracy."""
+under a long tail the balanced and worst-class test accuracy, and what a method's
+reference model cost (RHO-LOSS, Rho-1) with the tokens Rho-1 kept of each kind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 
 from sievetrain.bench.compare import method_labels, sample_std
 
-__all__ = ["audit_rows", "audit_section", "imbalance_section", "regimes_line"]
+__all__ = [
+    "audit_rows",
+    "audit_section",
+    "imbalance_section",
+    "reference_rows",
+    "reference_section",
+    "regimes_line",
+]
 
 
 def regimes_line(records: Sequence[dict[str, Any]]) -> str | None:
@@ -124,6 +132,90 @@ def imbalance_section(records: Sequence[dict[str, Any]]) -> str:
             )
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
+
+
+def reference_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method with a reference model, means over seeds: its training's backward
+    passes and share of the method's, its scoring forwards, its CPU seconds and share of
+    the method's training CPU time, its best validation loss, and for token selection
+    the share of tokens kept and each flag's share of the tokens and of the kept ones."""
+    rows = []
+    for label in method_labels(records):
+        runs = [r for r in records if r["method"] == label]
+        stats = [r.get("selector") or {} for r in runs]
+        if not all("samples_reference_backpropagated" in s for s in stats):
+            continue
+        reference = [s["samples_reference_backpropagated"] for s in stats]
+        cpu = [r["cpu_breakdown_s"].get("reference", 0.0) for r in runs]
+        row = {
+            "method": label,
+            "reference_backpropagated": statistics.fmean(reference),
+            "backprop_share": statistics.fmean(
+                n / r["samples_backpropagated"] for n, r in zip(reference, runs, strict=True)
+            ),
+            "samples_scored": statistics.fmean(s["samples_scored"] for s in stats),
+            "cpu_s": statistics.fmean(cpu),
+            "cpu_share": statistics.fmean(
+                c / r["train_cpu_s"] for c, r in zip(cpu, runs, strict=True)
+            ),
+            "validation_loss": statistics.fmean(
+                min(min(losses) for losses in s["reference_validation_loss"]) for s in stats
+            ),
+        }
+        if all(s.get("tokens_seen") for s in stats):
+            row["tokens_kept"] = statistics.fmean(
+                s["tokens_kept"] / s["tokens_seen"] for s in stats
+            )
+            row["tokens_by_flag"] = {
+                flag: {
+                    key: statistics.fmean(s["tokens_by_flag"][flag][key] for s in stats)
+                    for key in ("share_of_tokens", "share_of_kept_tokens")
+                }
+                for flag in stats[0].get("tokens_by_flag", {})
+            }
+        rows.append(row)
+    return rows
+
+
+def reference_section(records: Sequence[dict[str, Any]]) -> str:
+    """What each method's reference model cost, as markdown (empty: no such method)."""
+    rows = reference_rows(records)
+    if not rows:
+        return ""
+    lines = [
+        "## Reference model",
+        "",
+        "What the reference model cost, inside each method's figures above (mean over "
+        "seeds): its training's backward passes (counted in the method's backward passes "
+        "and its budget F), its forwards without gradients (each epoch's validation, then "
+        "scoring every training sample once, without augmentation), its CPU time (the "
+        "`reference` phase, inside the method's CPU time), and its best loss on its own "
+        "validation part.",
+        "",
+        "| method | reference backward passes | share of the method's (%) | samples scored | "
+        "reference CPU (s) | share of the method's CPU time (%) | reference validation loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['reference_backpropagated']:,.0f} | "
+            f"{100 * r['backprop_share']:.1f} | {r['samples_scored']:,.0f} | "
+            f"{r['cpu_s']:.1f} | {100 * r['cpu_share']:.1f} | {r['validation_loss']:.3f} |"
+        )
+    lines.append("")
+    for r in rows:
+        if "tokens_kept" not in r:
+            continue
+        flags = "".join(
+            f"; {flag} tokens: {100 * v['share_of_tokens']:.1f}% of the tokens, "
+            f"{100 * v['share_of_kept_tokens']:.1f}% of the kept ones"
+            for flag, v in r["tokens_by_flag"].items()
+        )
+        lines.append(
+            f"- `{r['method']}` backpropagated {100 * r['tokens_kept']:.1f}% of the "
+            f"target tokens{flags}."
+        )
     return "\n".join(lines) + "\n\n"
 
 

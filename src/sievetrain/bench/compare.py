@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from sievetrain.bench.matched import measured_fraction
+
 __all__ = [
     "DISTURBED",
     "SPREAD_LIMIT",
@@ -174,6 +176,7 @@ def matched_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "baseline": matched.get("baseline"),
                 "budget": matched.get("budget"),
                 "budget_source": matched.get("source"),
+                "measured_budget": statistics.fmean(measured_fraction(r) for r in runs),
                 "seeds": [r["seed"] for r in paired],
                 "deltas": deltas,
                 "delta_mean": mean,
@@ -191,6 +194,8 @@ def matched_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(MATCHED_COLUMNS) + " |", "|" + "---|" * len(MATCHED_COLUMNS)]
     for r in rows:
         source = f" ({r['budget_source']})" if r["budget_source"] else ""
+        if r["budget_source"] == "measured" and r["measured_budget"] > (r["budget"] or 1.0):
+            source = f" (measured {r['measured_budget']:.3g}, more than full data's: capped)"
         delta = "—"
         if r["delta_mean"] is not None:
             std = "—" if r["delta_std"] is None else f"{r['delta_std']:.2f}"

@@ -5,6 +5,7 @@ defaults live in each method's own options dataclass, nowhere else."""
 from __future__ import annotations
 
 from sievetrain.bench.registry import Method, register
+from sievetrain.models import build_model
 from sievetrain.optim import OPTIMIZERS, build_optimizer
 from sievetrain.options import RunContext
 from sievetrain.sampling import (
@@ -22,6 +23,10 @@ from sievetrain.selection import (
     SIFT,
     RandomKeep,
     RandomKeepOptions,
+    Rho1,
+    Rho1Options,
+    RhoLoss,
+    RhoLossOptions,
     SelectiveBackprop,
     SelectiveBackpropOptions,
     SIFTOptions,
@@ -59,6 +64,34 @@ def _gradmatch(options: GradMatchOptions, context: RunContext) -> GradMatchSampl
 
 def _sift(options: SIFTOptions, context: RunContext) -> SIFT:
     return SIFT(num_classes=context.num_classes, **options.to_dict())
+
+
+def _reference_model(options: RhoLossOptions | Rho1Options, context: RunContext):
+    """What builds the reference model: None (a copy of the run's model) or ``ref_model``."""
+    name = options.ref_model
+    if name is None:
+        return None
+    return lambda: build_model(
+        name, num_classes=context.num_classes, input_shape=context.input_shape
+    )
+
+
+def _rho_loss(options: RhoLossOptions, context: RunContext) -> RhoLoss:
+    return RhoLoss(
+        seed=context.seed, reference_model=_reference_model(options, context), **options.to_dict()
+    )
+
+
+def _rho1(options: Rho1Options, context: RunContext) -> Rho1:
+    """The reference trains on target text: not on samples a regime made off-target."""
+    off_target = (context.flags or {}).get("off_target")
+    return Rho1(
+        seed=context.seed,
+        reference_model=_reference_model(options, context),
+        pool=None if off_target is None else ~off_target,
+        flags=context.flags,
+        **options.to_dict(),
+    )
 
 
 def _optimizer(name: str):
@@ -203,5 +236,29 @@ register(
         lambda options, context: SelectiveBackprop(seed=context.seed, **options.to_dict()),
         knob="beta",
         card="selective_backprop",
+    )
+)
+register(
+    Method(
+        "rho-loss",
+        "selector",
+        "RHO-LOSS: backprop the ratio of each candidate batch with the largest reducible "
+        "loss (the loss minus a reference model's, trained first on a holdout or twin halves)",
+        RhoLossOptions,
+        _rho_loss,
+        knob="ratio",
+        card="rho_loss",
+    )
+)
+register(
+    Method(
+        "rho1",
+        "selector",
+        "Rho-1: the loss over the ratio of a batch's tokens with the largest excess loss "
+        "over a reference model trained on target text",
+        Rho1Options,
+        _rho1,
+        knob="ratio",
+        card="rho1",
     )
 )

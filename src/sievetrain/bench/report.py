@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sievetrain.bench.audit import audit_rows, audit_section, imbalance_section, regimes_line
+from sievetrain.bench.audit import (
+    audit_rows,
+    audit_section,
+    imbalance_section,
+    reference_rows,
+    reference_section,
+    regimes_line,
+)
 from sievetrain.bench.compare import (
     disturbed_notes,
     matched_rows,
@@ -197,6 +204,7 @@ def write_report(
     sweeps, equal = frontier_summary(records)  # with --frontier
     lead = frontier_section(sweeps, equal, heading=not matched) + matched_section(matched)
     regimes = imbalance_section(records) + audit_section(records)  # empty for clean data
+    regimes += reference_section(records)  # empty without a reference model
     table = lead + markdown_table(rows) + ("\n" + regimes if regimes else "")
     first = records[0]
     env = first["environment"]
@@ -255,6 +263,7 @@ def write_report(
     atomic_write_text(out / report, text)
     summary_json = {"baseline": baseline_label(records), "target_accuracy": target}
     summary_json |= {"methods": rows, "matched": matched, "selection_audit": audit_rows(records)}
+    summary_json |= {"reference": reference_rows(records)}
     summary_json |= {"equal_accuracy": equal, "full_data_sweeps": sweeps} if sweeps else {}
     atomic_write_text(out / summary, json.dumps(summary_json, indent=2) + "\n")
     return table

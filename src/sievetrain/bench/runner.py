@@ -112,15 +112,20 @@ def run_one(
     if on_start is not None:
         on_start(trainer.epoch)
 
-    def after_epoch(t: Trainer) -> None:
+    def save(t: Trainer) -> None:
         if checkpoint is not None:
             state = t.state_dict()  # on every rank: some samplers merge ranks' state here
             if is_main():
                 atomic_torch_save({"run_key": key, "trainer": state}, checkpoint)
+
+    def after_epoch(t: Trainer) -> None:
+        save(t)
         if on_epoch is not None:
             on_epoch(t.history[-1])
 
-    summary = trainer.fit(on_epoch_end=after_epoch)
+    # A reference model's epochs (RHO-LOSS) are checkpointed too: a run stopped among
+    # them resumes there.
+    summary = trainer.fit(on_epoch_end=after_epoch, on_reference_epoch=save)
     data, config = bench.data, bench.config
     return {
         "run_key": key,

@@ -164,5 +164,7 @@ def run_context(data: DataSplit, config: TrainConfig, **run: Any) -> RunContext:
         batch_size=config.batch_size,
         epochs=config.epochs,
         num_classes=data.num_classes,
+        input_shape=tuple(data.input_shape),
+        flags=data.flags,
         **run,
     )

@@ -187,7 +187,7 @@ class SieveTrainer(Trainer):
         args = self.args
         loader = _EpochLoader(
             self.train_dataset,
-            self._train_batch_size,
+            self._sieve.loader_batch_size,  # candidate batches of several (RHO-LOSS)
             sampler=self._sieve.sampler,
             begin_epoch=self._begin_epoch,
             collate_fn=self.data_collator,
@@ -270,7 +270,7 @@ class SieveTrainer(Trainer):
             state = {**state, "sampler": {**state["sampler"], "position": 0}, "waiting": None}
         self.sieve.load_state_dict(state)
         epoch, position = state["sampler"]["epoch"], state["sampler"]["position"]
-        size, samples = self._train_batch_size, len(self.sieve.sampler)
+        size, samples = self.sieve.loader_batch_size, len(self.sieve.sampler)
         loaded = -(-position // size)  # batches of the epoch consumed (the last may be short)
         if position >= samples and not self.sieve.waiting:  # saved at the epoch's end
             return epoch + 1, 0

@@ -133,11 +133,13 @@ class SieveCallback(Callback):
         self, dataset: Dataset, batch_size: int, *, sampler: EpochSampler, **kwargs: Any
     ) -> ResumableLoader:
         """The train loader to return from ``train_dataloader()``: a ``ResumableLoader``
-        over ``sampler`` (``batch_size`` samples of this rank a batch; ``kwargs`` are
+        over ``sampler`` (``batch_size`` samples of this rank a training batch; a
+        selector with candidate batches, RHO-LOSS, loads several at once; ``kwargs`` are
         other ``DataLoader`` arguments), bound to :attr:`sieve`, which it makes."""
         if self._sieve is None or self._sieve.sampler is not sampler:
             self._sieve = _Sieve(sampler, self.selector, batch_size=batch_size)
-        loader = ResumableLoader(dataset, batch_size, sampler=sampler, **kwargs)
+        loaded = self._sieve.loader_batch_size
+        loader = ResumableLoader(dataset, loaded, sampler=sampler, **kwargs)
         loader.sieve = self._sieve
         return loader
 

@@ -13,6 +13,7 @@ from sievetrain.scoring import scoring_mode
 from sievetrain.selection.base import KeepAll, Selector
 from sievetrain.selection.early_exit import EXIT_HEADS, EarlyExit
 from sievetrain.selection.greedy import greedy_sgd
+from sievetrain.selection.rho import Rho1, Rho1Options, RhoLoss, RhoLossOptions
 from sievetrain.selection.selective_backprop import (
     SelectiveBackprop,
     SelectiveBackpropOptions,
@@ -36,6 +37,10 @@ __all__ = [
     "KeepAll",
     "RandomKeep",
     "RandomKeepOptions",
+    "Rho1",
+    "Rho1Options",
+    "RhoLoss",
+    "RhoLossOptions",
     "SIFTOptions",
     "SelectiveBackprop",
     "SelectiveBackpropOptions",

@@ -15,6 +15,21 @@ selector that does not score returns None. A selector whose class sets
 ``accumulates = True`` has its kept samples gathered into full batches before a
 backward pass (the remainder is trained at the end of the epoch).
 
+A selector may also:
+
+- set ``needs_index = True`` to be called as ``select(model, x, y, idx)``, with the
+  batch's dataset indices (RHO-LOSS looks up each sample's reference loss);
+- set ``candidates`` > 1: a loaded (candidate) batch is that many training batches,
+  and the kept samples are gathered into training batches (it must keep at most one
+  training batch of each candidate batch);
+- have work to do before training, in ``prepare(model, dataset)``: one unit of it per
+  call (a reference model's epoch), returning the samples it backpropagated, and None
+  once there is nothing left. The trainer calls it until None, on its clock (phase
+  ``reference``) with a checkpoint after each unit; ``Sieve.begin_epoch`` runs
+  whatever is left, so every front end prepares the selector;
+- choose which targets of a training batch the loss reads, in ``targets(logits, y,
+  idx)`` (Rho-1 keeps a fraction of the tokens; the others become ``IGNORE_INDEX``).
+
 Under ``DistributedDataParallel`` the trainer passes the model it trains, the DDP
 wrapper, on every rank. A selector scores through the module inside it
 (:func:`sievetrain.distributed.unwrap`), so a scoring pass runs no DDP collective.
@@ -33,6 +48,7 @@ import math
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from sievetrain.options import as_int
 
@@ -53,6 +69,8 @@ class Selector:
     """Base of batch-level selectors: every method but ``select`` does nothing by default."""
 
     accumulates: ClassVar[bool] = False  # gather kept samples into full backward batches
+    needs_index: ClassVar[bool] = False  # select() takes the batch's dataset indices too
+    candidates: int = 1  # training batches per loaded (candidate) batch
     epoch: int = 0  # the epoch set last; a subclass that overrides set_epoch calls super()
 
     def select(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
@@ -66,6 +84,18 @@ class Selector:
             ValueError: ``epoch`` is not an integer >= 0.
         """
         self.epoch = as_int("epoch", epoch, 0)
+
+    def prepare(self, model: nn.Module, dataset: Dataset) -> int | None:
+        """One unit of the work before training (e.g. a reference model's epoch) with
+        ``model`` the run's (unwrapped, untrained) model and ``dataset`` its training
+        set of ``(x, y)``; the samples it backpropagated, None when nothing is left."""
+        return None
+
+    def targets(self, logits: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        """The targets of a training batch the loss reads: ``y`` itself by default; a
+        token-level selector returns a copy with the dropped positions set to
+        ``IGNORE_INDEX``. ``logits`` are detached."""
+        return y
 
     def score(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
         """The selector's score of each sample (B,), without side effects; None: no scores."""

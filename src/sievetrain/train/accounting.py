@@ -19,9 +19,11 @@ import torch
 __all__ = ["DEVICE_PHASES", "PHASES", "Accounting"]
 
 # Training-clock phases. Evaluation is timed apart and never counted as training.
-PHASES = ("sampling", "data", "selection", "forward", "backward", "step")
+# ``reference``: a selector's reference model (RHO-LOSS), trained and scored before
+# the run's first epoch.
+PHASES = ("reference", "sampling", "data", "selection", "forward", "backward", "step")
 # Phases whose work runs on the device: timed with CUDA events on a GPU.
-DEVICE_PHASES = ("selection", "forward", "backward", "step")
+DEVICE_PHASES = ("reference", "selection", "forward", "backward", "step")
 
 
 def _phases() -> dict[str, float]:

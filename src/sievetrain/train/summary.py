@@ -28,7 +28,8 @@ class RunSummary:
     samples_forwarded: int  # samples in forward passes with gradients
     samples_forwarded_partially: int  # scoring passes that stopped at an early exit
     samples_forwarded_fully: int  # whole forward passes, with or without gradients
-    samples_backpropagated: int
+    samples_backpropagated: int  # a reference model's training (RHO-LOSS) included
+    samples_scored: int  # a reference model's forward passes without gradients
     optimizer_steps: int
     skipped_steps: int  # of optimizer_steps, skipped by fp16 loss scaling (inf/NaN gradients)
     world_size: int  # ranks of the process group the run trained on (1: one process)

@@ -120,7 +120,10 @@ class Trainer:
         self.sampler, self.selector = self.sieve.sampler, self.sieve.selector
         self.seed = seed
         self.progress = progress
-        self.train_loader = make_loader(train_set, self.local_batch, sampler=self.sampler)
+        # A selector may pick from candidate batches of several training batches (RHO-LOSS).
+        self.train_loader = make_loader(
+            train_set, self.sieve.loader_batch_size, sampler=self.sampler
+        )
         self.test_loader = make_loader(
             test_set, config.eval_batch_size, sampler=eval_shard(len(test_set))
         )
@@ -140,15 +143,23 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------
 
     def fit(
-        self, on_epoch_end: Callable[[Trainer], None] | None = None, *, until: int | None = None
+        self,
+        on_epoch_end: Callable[[Trainer], None] | None = None,
+        *,
+        until: int | None = None,
+        on_reference_epoch: Callable[[Trainer], None] | None = None,
     ) -> RunSummary:
         """Run the remaining epochs (or up to epoch ``until``); returns ``summary()``.
 
         ``on_epoch_end`` is called after each epoch's evaluation (e.g. to write a
         checkpoint). Schedules always follow ``config.epochs``, so stopping at
-        ``until`` and resuming later continues the same run.
+        ``until`` and resuming later continues the same run. A selector with work
+        before training (a reference model) does it first, on the training clock
+        (phase ``reference``), calling ``on_reference_epoch`` after each unit (e.g.
+        to write a checkpoint: a run stopped there resumes where it stood).
         """
         self._warm_up()
+        self._prepare(on_reference_epoch)
         until = self.config.epochs if until is None else min(until, self.config.epochs)
         while self.epoch < until:
             since = snapshot(self.acct)
@@ -171,6 +182,23 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(self)
         return self.summary()
+
+    def _prepare(self, on_unit: Callable[[Trainer], None] | None) -> None:
+        """The selector's work before training, unit by unit (see ``Sieve.prepare``):
+        its backward passes counted as the training steps' are, merged over ranks."""
+        acct = self.acct
+        while True:
+            since = snapshot(acct)
+            with acct.training(), acct.phase("reference"):
+                trained = self.sieve.prepare(self.model, self.train_set)
+            if trained is not None:
+                acct.samples_forwarded += trained
+                acct.samples_backpropagated += trained
+            merge_accounting(acct, since)  # every rank's time: the slowest rank's on all
+            if trained is None:
+                return
+            if on_unit is not None:
+                on_unit(self)
 
     def train_epoch(self, epoch: int) -> float | None:
         """One pass over the sampler's indices for ``epoch``; returns the mean loss
@@ -282,6 +310,7 @@ class Trainer:
             samples_forwarded_fully=acct.samples_forwarded
             + selected.get("samples_forwarded_no_grad", 0),
             samples_backpropagated=acct.samples_backpropagated,
+            samples_scored=selected.get("samples_scored", 0),
             optimizer_steps=acct.optimizer_steps,
             skipped_steps=acct.skipped_steps,
             world_size=self.world_size,
