@@ -92,23 +92,21 @@ def table(regime: str, folder: Path) -> list[str]:
 
 def _reference(summary: dict) -> list[str]:
     """What each method's reference model cost (RHO-LOSS, Rho-1), inside its figures."""
-    lines = [
-        f"- `{r['method']}`: its reference model made {r['reference_backpropagated']:,.0f} "
-        f"backward passes ({100 * r['backprop_share']:.0f} % of the method's) and took "
-        f"{r['cpu_s']:.1f} s CPU ({100 * r['cpu_share']:.0f} % of the method's)"
-        + (
-            f"; it kept {100 * r['tokens_kept']:.0f} % of the target tokens"
-            + "".join(
-                f", {flag} {100 * v['share_of_kept_tokens']:.1f} % of the kept ones "
-                f"({100 * v['share_of_tokens']:.1f} % of all)"
-                for flag, v in r["tokens_by_flag"].items()
-            )
-            if "tokens_kept" in r
-            else ""
+    lines = []
+    for r in summary.get("reference", []):
+        line = (
+            f"- `{r['method']}`: its reference model made {r['reference_backpropagated']:,.0f} "
+            f"backward passes ({100 * r['backprop_share']:.0f} % of the method's) and took "
+            f"{r['cpu_s']:.1f} s CPU ({100 * r['cpu_share']:.0f} % of the method's)"
         )
-        + "."
-        for r in summary.get("reference", [])
-    ]
+        if "tokens_kept" in r:
+            line += f"; it kept {100 * r['tokens_kept']:.0f} % of the target tokens"
+            for flag, v in r["tokens_by_flag"].items():
+                line += (
+                    f", {flag} {100 * v['share_of_kept_tokens']:.1f} % of the kept ones "
+                    f"({100 * v['share_of_tokens']:.1f} % of all)"
+                )
+        lines.append(line + ".")
     return [*lines, ""] if lines else []
 
 

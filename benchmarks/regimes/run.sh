@@ -36,6 +36,9 @@ FASHION_TWIN=(--dataset fashion-mnist --train-size 20000 --test-size 5000 --epoc
 SHAKESPEARE_LONG_REFERENCE=(--dataset shakespeare --train-size 3200 --test-size 512 --epochs 5
   --batch-size 64 --optimizer adam --methods full,rho1:0.6/ref_epochs=30
   --matched --frontier 0.25,0.5,0.75,1 --seeds 0,1,2 --quiet)
+# RHO-LOSS at the paper's 0.1 with SGD at lr 0.01 (at 0.05 it diverges), clean data.
+FASHION_REFERENCE_LR=(--dataset fashion-mnist --train-size 20000 --test-size 5000 --epochs 5
+  --methods full,rho-loss:0.1 --set lr=0.01 --matched --seeds 0,1,2 --quiet)
 SHAKESPEARE_REFERENCE=(--dataset shakespeare --train-size 3200 --test-size 512 --epochs 5
   --batch-size 64 --optimizer adam --methods full,rho-loss:0.5,rho1:0.6
   --matched --frontier 0.25,0.5,0.75,1 --seeds 0,1,2 --quiet)
@@ -58,6 +61,7 @@ for regime in "$@"; do
     fashion-reference-adam) args=("${FASHION_REFERENCE_ADAM[@]}") ;;
     fashion-reference-twin) args=("${FASHION_TWIN[@]}") ;;
     shakespeare-reference-long) args=("${SHAKESPEARE_LONG_REFERENCE[@]}") ;;
+    fashion-reference-lr) args=("${FASHION_REFERENCE_LR[@]}") ;;
     shakespeare-reference) args=("${SHAKESPEARE_REFERENCE[@]}") ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac

@@ -24,6 +24,7 @@ __all__ = [
     "normalized_entropy",
     "sample_entropies",
     "sample_losses",
+    "token_losses",
 ]
 
 IGNORE_INDEX = -100  # target of a position that is not predicted (torch's default)
@@ -70,6 +71,17 @@ def sample_losses(logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, reduction="none")
     rows, targets, sample = flatten_targets(logits, y)
     return _per_sample_mean(F.cross_entropy(rows, targets, reduction="none"), sample, len(y))
+
+
+def token_losses(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy of every target of ``y``, in float32 at least: (B,) for
+    classification, (B, T) for tokens, 0 where a target is :data:`IGNORE_INDEX`."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), y, reduction="none")
+    losses = F.cross_entropy(
+        logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return losses.masked_fill(y == IGNORE_INDEX, 0.0)
 
 
 def sample_entropies(logits: Tensor, y: Tensor) -> Tensor:

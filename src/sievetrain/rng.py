@@ -6,7 +6,7 @@ import hashlib
 
 import torch
 
-__all__ = ["derive_seed", "make_generator"]
+__all__ = ["derive_seed", "make_generator", "rng_devices"]
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -27,3 +27,11 @@ def make_generator(
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(seed, *parts))
     return generator
+
+
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose RNG ``torch.random.fork_rng`` must fork for work on
+    ``device`` (none on the CPU)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

@@ -29,18 +29,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sievetrain.data import make_loader
 from sievetrain.distributed import broadcast_tensors
-from sievetrain.losses import IGNORE_INDEX, batch_loss, sample_losses
+from sievetrain.losses import batch_loss, sample_losses, token_losses
 from sievetrain.options import Options, RunContext, option
-from sievetrain.rng import derive_seed, make_generator
+from sievetrain.rng import derive_seed, make_generator, rng_devices
 from sievetrain.scoring import scoring_mode
 
-__all__ = ["ReferenceOptions", "ReferencePhase", "ReferencePlan", "plan_reference", "token_losses"]
+__all__ = ["ReferenceOptions", "ReferencePhase", "ReferencePlan", "plan_reference"]
 
 Layout = Literal["holdout", "twin"]
 
@@ -147,17 +146,6 @@ def _split(indices: Tensor, valid: float, what: str) -> tuple[Tensor, Tensor]:
     return indices[:count].sort().values, indices[count:].sort().values
 
 
-def token_losses(logits: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy of every target of ``y``: (B,) for classification, (B, T) for
-    tokens, 0 where a target is ``IGNORE_INDEX``."""
-    if logits.dim() == 2:
-        return F.cross_entropy(logits.float(), y, reduction="none")
-    losses = F.cross_entropy(
-        logits.float().transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return losses.masked_fill(y == IGNORE_INDEX, 0.0)
-
-
 class ReferencePhase:
     """Trains the reference model(s) of a :class:`ReferencePlan`, one epoch per
     :meth:`advance`, then scores; ``losses`` holds one loss per training sample (per
@@ -215,7 +203,7 @@ class ReferencePhase:
         order = self.plan.train[self.member]
         generator = make_generator(self.seed, "reference-order", self.member, self.epoch)
         order = order[torch.randperm(len(order), generator=generator)]
-        with torch.random.fork_rng(devices=_devices(device)):
+        with torch.random.fork_rng(devices=rng_devices(device)):
             torch.manual_seed(derive_seed(self.seed, "reference-torch", self.member, self.epoch))
             reference.train()
             loader = make_loader(dataset, self.options.ref_batch, sampler=order.tolist())
@@ -346,9 +334,3 @@ class ReferencePhase:
 
 def _clone(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-def _devices(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]

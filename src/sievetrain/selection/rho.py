@@ -36,16 +36,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sievetrain.distributed import all_gather, all_reduce, unwrap, world
-from sievetrain.losses import IGNORE_INDEX, sample_losses
+from sievetrain.losses import IGNORE_INDEX, sample_losses, token_losses
 from sievetrain.options import RunContext, as_int, option
 from sievetrain.scoring import scoring_mode
 from sievetrain.selection.base import Selector, keep_count
-from sievetrain.selection.reference import (
-    ReferenceOptions,
-    ReferencePhase,
-    plan_reference,
-    token_losses,
-)
+from sievetrain.selection.reference import ReferenceOptions, ReferencePhase, plan_reference
 
 __all__ = ["Rho1", "Rho1Options", "RhoLoss", "RhoLossOptions", "keep_tokens"]
 

@@ -26,7 +26,7 @@ from sievetrain.audit import SelectionAudit
 from sievetrain.data import make_loader
 from sievetrain.distributed import unwrap, world
 from sievetrain.losses import batch_loss
-from sievetrain.rng import derive_seed
+from sievetrain.rng import derive_seed, rng_devices
 from sievetrain.sampling import CoverageTracker, EpochSampler, SoftRandomSampler
 from sievetrain.selection.base import Selector
 from sievetrain.sieve import Sieve
@@ -218,7 +218,7 @@ class Trainer:
         totals = [torch.zeros((), device=self.device), 0]  # loss sum, samples
         name = f"{self.progress} · " if isinstance(self.progress, str) else ""
         bar = ProgressBar(bool(self.progress), f"{name}epoch {epoch + 1}/{cfg.epochs}", n_batches)
-        with bar, torch.random.fork_rng(devices=self._rng_devices()):
+        with bar, torch.random.fork_rng(devices=rng_devices(self.device)):
             torch.manual_seed(derive_seed(self.seed, "torch", epoch))
             self.model.train()
             batches = iter(self.train_loader)
@@ -365,13 +365,6 @@ class Trainer:
         self.sampler.set_epoch(0)
         return steps
 
-    def _rng_devices(self) -> list[int]:
-        if self.device.type == "cuda":
-            return [
-                self.device.index if self.device.index is not None else torch.cuda.current_device()
-            ]
-        return []
-
     def _warm_up(self) -> None:
         """One forward and backward as a step runs them, off the training clock, so that
         one-time costs (allocations, kernel selection, compilation) are not charged to
@@ -382,7 +375,7 @@ class Trainer:
         x, y = x.to(self.device), y.to(self.device)
         if self.config.compile:  # one graph for the run's batch sizes, where the model allows
             mark_batch_dynamic(x, y)
-        with torch.random.fork_rng(devices=self._rng_devices()):
+        with torch.random.fork_rng(devices=rng_devices(self.device)):
             self.model.train()
             with autocast(self.config.amp, self.device):
                 logits = self._forward(x)
