@@ -111,6 +111,8 @@ def main() -> None:
             f"samples backpropagated: {backpropagated} ({options.epochs} epochs of full data: "
             f"{options.epochs * len(train)})"
         )
+    if torch.distributed.is_initialized():  # torchrun: close the group the Trainer opened
+        torch.distributed.destroy_process_group()  # (an open one can abort at exit)
 
 
 if __name__ == "__main__":
