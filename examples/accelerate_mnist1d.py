@@ -58,6 +58,7 @@ def main(epochs: int, checkpoint: str | None, resume: bool) -> None:
     mine = torch.tensor(sieve.samples_backpropagated, device=accelerator.device)
     total = accelerator.reduce(mine, "sum").item()  # over every process
     accelerator.print(f"test accuracy {accuracy:.3f}, samples backpropagated {total}")
+    accelerator.end_training()  # closes the process group: an open one can abort at exit
 
 
 if __name__ == "__main__":
