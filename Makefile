@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_WHEELS ?= /opt/wheels
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean espeak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base
 demo: $(VENV)/.base
 	$(BIN)/sievetrain bench --matched
 
-test: $(VENV)/.dev
+# espeak-ng speaks the speech-kws dataset (its tests skip without it): installed from
+# Debian where make runs as root with apt-get; elsewhere a line says how to install it.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; } \
+	  || echo "espeak-ng is not installed, so the speech-kws tests skip: apt-get install espeak-ng"
+
+test: $(VENV)/.dev espeak
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev

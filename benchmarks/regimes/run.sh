@@ -3,6 +3,7 @@
 #   bash benchmarks/regimes/run.sh 0 fashion clean noise-0.2 ...   (core 0)
 #   bash benchmarks/regimes/run.sh 1 fashion duplicates ...        (core 1)
 #   bash benchmarks/regimes/run.sh 1 fashion-reference noise-0.4 ...  (RHO-LOSS, Rho-1)
+#   bash benchmarks/regimes/run.sh 0 speech clean                    (benchmarks/speech.md)
 # Each bench writes benchmarks/regimes/<task>/<regime>/; --resume continues one that
 # was interrupted (and rewrites its report from its records).
 set -euo pipefail
@@ -42,6 +43,18 @@ FASHION_REFERENCE_LR=(--dataset fashion-mnist --train-size 20000 --test-size 500
 SHAKESPEARE_REFERENCE=(--dataset shakespeare --train-size 3200 --test-size 512 --epochs 5
   --batch-size 64 --optimizer adam --methods full,rho-loss:0.5,rho1:0.6
   --matched --frontier 0.25,0.5,0.75,1 --seeds 0,1,2 --quiet)
+# speech-kws (benchmarks/speech.md): every method the SRS, SIFT and StochGradAdam papers
+# compare, and Adam, StochGradAdam's own baseline (at Adam's lr, 1e-3; the rest SGD).
+SPEECH=(--dataset speech-kws --epochs 5
+  --methods full,srs:0.3,rs2:0.3,infobatch,sift,selective-backprop,adam,stochgradadam
+  --matched --frontier 0.2,0.4,0.6,0.8,1 --seeds 0,1,2 --quiet)
+# SRS against full data over 20 epochs, nearer convergence, as in the paper's runs.
+SPEECH_LONG=(--dataset speech-kws --epochs 20 --methods full,srs:0.3 --matched
+  --seeds 0,1,2 --quiet)
+# The same task under a data regime, with the data-selection methods only.
+SPEECH_REGIMES=(--dataset speech-kws --epochs 5
+  --methods full,srs:0.3,infobatch,sift,selective-backprop
+  --matched --frontier 0.2,0.4,0.6,0.8,1 --seeds 0,1,2 --quiet)
 for regime in "$@"; do
   case $regime in
     clean) extra=() ;;
@@ -63,6 +76,9 @@ for regime in "$@"; do
     shakespeare-reference-long) args=("${SHAKESPEARE_LONG_REFERENCE[@]}") ;;
     fashion-reference-lr) args=("${FASHION_REFERENCE_LR[@]}") ;;
     shakespeare-reference) args=("${SHAKESPEARE_REFERENCE[@]}") ;;
+    speech) args=("${SPEECH[@]}") ;;
+    speech-regimes) args=("${SPEECH_REGIMES[@]}") ;;
+    speech-long) args=("${SPEECH_LONG[@]}") ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac
   out=benchmarks/regimes/$task/$regime

@@ -36,7 +36,7 @@ from sievetrain.console import BenchLog, Saved
 __all__ = ["main"]
 
 DEFAULT_METHODS = "full,srs:0.1,srs:0.3,srs:0.5,fixed:0.3"
-DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10, "shakespeare": 5}
+DEFAULT_EPOCHS = {"mnist1d": 20, "fashion-mnist": 10, "shakespeare": 5, "speech-kws": 10}
 # Each bench without --out gets a fresh folder: PARENT/YYYYmmdd-HHMMSS.
 DEFAULT_OUT = {"train": "sievetrain-train", "bench": "sievetrain-bench"}
 # Flags that set an optimizer option for every run (--lr X is --set lr=X): name -> help.

@@ -21,6 +21,7 @@ import re
 import secrets
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "cache_dir",
     "atomic_write_bytes",
     "atomic_write_text",
+    "load_cached",
     "load_torch",
     "read_jsonl",
     "remove_temporaries",
@@ -129,6 +131,32 @@ def load_torch(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{str(path)!r} cannot be loaded safely (tensors and plain types only): {reason}"
         ) from None
+
+
+def load_cached(path: Path, what: str, problem: Callable[[Any], str | None]) -> Any | None:
+    """A generated dataset's cache file, or ``None`` when there is none or it is damaged:
+    it cannot be loaded safely, or ``problem(content)`` says what is wrong with it. A
+    damaged file is named in a warning (regenerating over it loses nothing).
+
+    Args:
+        path: The cache file.
+        what: The dataset's name, for the warning.
+        problem: What makes the loaded content differ from what the generator writes,
+            or ``None`` when nothing does.
+    """
+    if not path.exists():
+        return None
+    try:
+        content = load_torch(path)
+    except CheckpointError as error:  # its message names the file
+        reason = str(error)
+    else:
+        reason = problem(content)
+        if reason is None:
+            return content
+        reason = f"{str(path)!r} {reason}"
+    warnings.warn(f"regenerating the damaged {what} cache: {reason}", stacklevel=4)
+    return None
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

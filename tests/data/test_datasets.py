@@ -117,7 +117,7 @@ def test_mnist1d_rejects_bad_sizes(cache, sizes):
 
 
 def test_load_dataset_by_name(cache):
-    assert DATASETS == ("mnist1d", "fashion-mnist", "shakespeare")
+    assert DATASETS == ("mnist1d", "fashion-mnist", "shakespeare", "speech-kws")
     split = load_dataset("mnist1d", train_size=40, test_size=20)
     assert (len(split.train), len(split.test)) == (40, 20)
     with pytest.raises(ValueError, match="'cifar'.*mnist1d, fashion-mnist"):
@@ -321,7 +321,7 @@ def test_fashion_mnist_tests_skip_when_the_data_is_absent(tmp_path):
 # ---------------------------------------------------------------------------- bad arguments
 
 
-@pytest.mark.parametrize("name", ["mnist1d", "shakespeare"])
+@pytest.mark.parametrize("name", ["mnist1d", "shakespeare", "speech-kws"])
 def test_data_dir_is_refused_by_datasets_that_read_no_files(name):
     with pytest.raises(ArgumentError, match=f"data_dir '/nonexistent'.*{name} reads no files"):
         load_dataset(name, data_dir="/nonexistent")

@@ -3,8 +3,11 @@ split only, exact in what they promise, deterministic, and refusing what cannot 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shutil
+import subprocess
 import sysconfig
 from pathlib import Path
 
@@ -98,11 +101,12 @@ def test_symmetric_noise_flips_at_the_rate_to_uniform_other_classes():
 @pytest.mark.parametrize("dataset", sorted(CONFUSION_PAIRS))
 def test_confusion_noise_flips_each_label_to_its_partner(dataset):
     pairs = CONFUSION_PAIRS[dataset]
-    assert sorted(c for pair in pairs for c in pair) == list(range(10))  # each class once
+    c = 2 * len(pairs)
+    assert sorted(k for pair in pairs for k in pair) == list(range(c))  # each class once
     partner = dict(pairs) | {b: a for a, b in pairs}
     n, p = 10_000, 0.2
-    y = torch.arange(n) % 10
-    labels, noisy = noisy_labels(y, p, 10, generator=_generator(), kind="confusion", pairs=pairs)
+    y = torch.arange(n) % c
+    labels, noisy = noisy_labels(y, p, c, generator=_generator(), kind="confusion", pairs=pairs)
     assert _within_sigmas(int(noisy.sum()), n, p)
     assert labels[noisy].tolist() == [partner[c] for c in y[noisy].tolist()]
     assert (labels[~noisy] == y[~noisy]).all()
@@ -129,6 +133,50 @@ def test_mnist1d_pairs_are_its_closest_templates():
     assert len(every) == 945
     best = min(every, key=lambda pairs: sum(float(distance[a, b]) for a, b in pairs))
     assert sorted(best) == sorted(CONFUSION_PAIRS["mnist1d"])
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_speech_kws_pairs_are_the_words_closest_in_phonemes():
+    """The pairing of least total phoneme edit distance of the 20 keywords (a search over
+    the pairings of the lowest unpaired word, memoised on the set of words paired)."""
+    from sievetrain.data import SPEECH_KWS_WORDS
+
+    phonemes = [
+        subprocess.run(
+            ["espeak-ng", "-q", "--ipa", "-v", "en-us", word], capture_output=True, text=True
+        )
+        .stdout.strip()
+        .replace("ˈ", "")
+        .replace("ˌ", "")
+        for word in SPEECH_KWS_WORDS
+    ]
+    assert phonemes[:2] == ["jɛs", "noʊ"]
+
+    def distance(a: str, b: str) -> float:  # Levenshtein, over the longer length
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            previous, row[0] = row[:], i
+            for j, cb in enumerate(b, 1):
+                row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (ca != cb))
+        return row[-1] / max(len(a), len(b))
+
+    n = len(phonemes)
+
+    @functools.cache
+    def best(paired: int) -> tuple[float, tuple[tuple[int, int], ...]]:
+        if paired == (1 << n) - 1:
+            return 0.0, ()
+        first = next(k for k in range(n) if not paired >> k & 1)
+        options = []
+        for other in range(first + 1, n):
+            if not paired >> other & 1:
+                cost, rest = best(paired | 1 << first | 1 << other)
+                options.append(
+                    (cost + distance(phonemes[first], phonemes[other]), ((first, other), *rest))
+                )
+        return min(options)
+
+    assert sorted(best(0)[1]) == sorted(CONFUSION_PAIRS["speech-kws"])
 
 
 def test_noise_at_rate_zero_changes_nothing():

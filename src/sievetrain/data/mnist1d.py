@@ -10,16 +10,14 @@ and generated again.
 from __future__ import annotations
 
 import hashlib
-import pathlib
 import random
-import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sievetrain.data.split import DataSplit
-from sievetrain.files import CheckpointError, atomic_torch_save, cache_dir, load_torch
+from sievetrain.data.split import DataSplit, cached_split_problem
+from sievetrain.files import atomic_torch_save, cache_dir, load_cached
 from sievetrain.options import as_int
 
 __all__ = [
@@ -74,7 +72,9 @@ def load_mnist1d(
         )
     key = hashlib.sha256(repr(("mnist1d-v1", train_size, test_size, seed)).encode()).hexdigest()
     path = cache_dir() / "mnist1d" / f"{key[:16]}.pt"
-    tensors = _load_mnist1d_cache(path, train_size, test_size)
+    tensors = load_cached(
+        path, "MNIST-1D", lambda content: _mnist1d_problem(content, train_size, test_size)
+    )
     if tensors is None:
         tensors = _make_mnist1d(train_size, test_size, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,45 +85,17 @@ def load_mnist1d(
     )
 
 
-def _load_mnist1d_cache(
-    path: pathlib.Path, train_size: int, test_size: int
-) -> dict[str, torch.Tensor] | None:
-    """The cached tensors, or ``None`` when there are none or they are damaged (with a
-    warning: regenerating over a damaged cache loses nothing)."""
-    if not path.exists():
-        return None
-    try:
-        tensors = load_torch(path)
-    except CheckpointError as error:  # its message names the file
-        problem = str(error)
-    else:
-        problem = _mnist1d_problem(tensors, train_size, test_size)
-        if problem is None:
-            return tensors
-        problem = f"{str(path)!r} {problem}"
-    warnings.warn(f"regenerating the damaged MNIST-1D cache: {problem}", stacklevel=3)
-    return None
-
-
 def _mnist1d_problem(tensors: object, train_size: int, test_size: int) -> str | None:
     """What makes ``tensors`` differ from what :func:`_make_mnist1d` makes, or ``None``:
     a dict of 4 tensors with the right dtypes and shapes, finite, labels in 0..9."""
-    expected = {  # key -> (dtype, shape)
-        "x": (torch.float32, (train_size, 1, 40)),
-        "y": (torch.int64, (train_size,)),
-        "x_test": (torch.float32, (test_size, 1, 40)),
-        "y_test": (torch.int64, (test_size,)),
-    }
-    if not isinstance(tensors, dict) or set(tensors) != set(expected):
-        found = sorted(tensors) if isinstance(tensors, dict) else type(tensors).__name__
-        return f"holds {found}, not a dict of tensors {sorted(expected)}"
-    for key, (dtype, shape) in expected.items():
-        t = tensors[key]
-        if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
-            return f"{key} is not a {dtype} tensor of shape {shape}"
-        if key.startswith("x") and not bool(t.isfinite().all()):
+    problem = cached_split_problem(tensors, train_size, test_size, (1, 40))
+    if problem is not None:
+        return problem
+    for key in ("x", "x_test"):
+        if not bool(tensors[key].isfinite().all()):
             return f"{key} holds non-finite values"
-        if key.startswith("y") and not bool(((t >= 0) & (t < 10)).all()):
+    for key in ("y", "y_test"):
+        if not bool(((tensors[key] >= 0) & (tensors[key] < 10)).all()):
             return f"{key} holds labels outside 0..9"
     return None
 

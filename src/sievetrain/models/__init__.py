@@ -6,13 +6,21 @@ from collections.abc import Callable
 
 from torch import nn
 
-from sievetrain.models.cnn import MNIST1DCNN, VGG8, FashionCNN, ResNet8, StagedSequential
+from sievetrain.models.cnn import (
+    KWSCNN,
+    MNIST1DCNN,
+    VGG8,
+    FashionCNN,
+    ResNet8,
+    StagedSequential,
+)
 from sievetrain.models.transformer import MLMTransformer
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "FashionCNN",
+    "KWSCNN",
     "MLMTransformer",
     "MNIST1DCNN",
     "ResNet8",
@@ -30,6 +38,7 @@ MODELS: dict[str, Callable[..., StagedSequential]] = {
     "resnet8": ResNet8,  # small residual CNN for 28x28 images
     "vgg8": VGG8,  # the same layers without skip connections
     "mlm-transformer": MLMTransformer,  # masked-LM encoder for token sequences
+    "kws-cnn": KWSCNN,  # temporal CNN for log-mel keyword spotting
 }
 
 # Dataset name -> the model used for it by default.
@@ -37,6 +46,7 @@ DEFAULT_MODEL: dict[str, str] = {
     "mnist1d": "mnist1d-cnn",
     "fashion-mnist": "fashion-cnn",
     "shakespeare": "mlm-transformer",
+    "speech-kws": "kws-cnn",
 }
 
 

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["FashionCNN", "MNIST1DCNN", "ResNet8", "StagedSequential", "VGG8"]
+__all__ = ["FashionCNN", "KWSCNN", "MNIST1DCNN", "ResNet8", "StagedSequential", "VGG8"]
 
 
 class StagedSequential(nn.Sequential):
@@ -76,6 +76,43 @@ class MNIST1DCNN(StagedSequential):
                 ),
                 head=nn.Sequential(
                     nn.AdaptiveAvgPool1d(5), nn.Flatten(), nn.Linear(2 * width * 5, num_classes)
+                ),
+            )
+        )
+
+
+class KWSCNN(StagedSequential):
+    """Temporal CNN for keyword spotting on log-mel features, input ``(B, n_mels, T)``:
+    the mel bands are the channels and the convolutions run along time, as in
+    TC-ResNet (Choi et al., 2019), whose authors found it cheaper than 2-D convolutions
+    over the spectrogram at the same accuracy.
+
+    Shapes for 40 mel bands by 101 frames and ``width`` w: stem ``(B, w, 101)``, stage1
+    ``(B, w, 50)``, stage2 ``(B, 2w, 25)``, stage3 ``(B, 2w, 12)``, head
+    ``(B, num_classes)``. The head averages over time: where in the second the word
+    is spoken does not matter.
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Mel bands of the input.
+        width: Channels of the first stages; the later ones have ``2 * width``.
+    """
+
+    input_ndim = 2
+
+    def __init__(self, num_classes: int = 20, in_channels: int = 40, width: int = 64) -> None:
+        super().__init__(
+            OrderedDict(
+                stem=_conv1d(in_channels, width, 5),
+                stage1=nn.Sequential(_conv1d(width, width, 5), nn.MaxPool1d(2)),
+                stage2=nn.Sequential(_conv1d(width, 2 * width, 5), nn.MaxPool1d(2)),
+                stage3=nn.Sequential(
+                    _conv1d(2 * width, 2 * width, 5),
+                    _conv1d(2 * width, 2 * width, 5),
+                    nn.MaxPool1d(2),
+                ),
+                head=nn.Sequential(
+                    nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(2 * width, num_classes)
                 ),
             )
         )
