@@ -14,6 +14,7 @@ it is damaged.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
 import os
@@ -39,7 +40,7 @@ __all__ = [
     "cache_dir",
     "atomic_write_bytes",
     "atomic_write_text",
-    "load_cached",
+    "cached",
     "load_torch",
     "read_jsonl",
     "remove_temporaries",
@@ -133,30 +134,46 @@ def load_torch(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def load_cached(path: Path, what: str, problem: Callable[[Any], str | None]) -> Any | None:
-    """A generated dataset's cache file, or ``None`` when there is none or it is damaged:
-    it cannot be loaded safely, or ``problem(content)`` says what is wrong with it. A
-    damaged file is named in a warning (regenerating over it loses nothing).
+def cached(
+    folder: str,
+    key: object,
+    what: str,
+    problem: Callable[[Any], str | None],
+    make: Callable[[], Any],
+) -> Any:
+    """Generated data: read back from the cache when an intact copy is there, else made
+    by ``make()`` and written there atomically.
+
+    The file is ``cache_dir() / folder / NAME.pt``, NAME the first 16 hex digits of the
+    SHA-256 of ``repr(key)``. A copy that cannot be loaded safely, or whose content
+    ``problem(content)`` finds wrong, is named in a warning and made again over
+    (regenerating loses nothing).
 
     Args:
-        path: The cache file.
+        folder: The dataset's folder in the cache.
+        key: What the data depends on (a version tag and the arguments).
         what: The dataset's name, for the warning.
-        problem: What makes the loaded content differ from what the generator writes,
-            or ``None`` when nothing does.
+        problem: What makes loaded content differ from what ``make`` returns, or
+            ``None`` when nothing does.
+        make: Generates the content (tensors and plain types).
     """
-    if not path.exists():
-        return None
-    try:
-        content = load_torch(path)
-    except CheckpointError as error:  # its message names the file
-        reason = str(error)
-    else:
-        reason = problem(content)
-        if reason is None:
-            return content
-        reason = f"{str(path)!r} {reason}"
-    warnings.warn(f"regenerating the damaged {what} cache: {reason}", stacklevel=4)
-    return None
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()
+    path = cache_dir() / folder / f"{digest[:16]}.pt"
+    if path.exists():
+        try:
+            content = load_torch(path)
+        except CheckpointError as error:  # its message names the file
+            reason = str(error)
+        else:
+            reason = problem(content)
+            if reason is None:
+                return content
+            reason = f"{str(path)!r} {reason}"
+        warnings.warn(f"regenerating the damaged {what} cache: {reason}", stacklevel=3)
+    content = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(content, path)
+    return content
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

@@ -94,42 +94,21 @@ def test_test_voices_are_never_heard_in_training(cache, monkeypatch):
         return speak(espeak, word, voice, speed, pitch)
 
     monkeypatch.setattr(speech, "_speak", recording)
-    monkeypatch.setattr(speech, "ThreadPoolExecutor", _InOrder)  # so the calls are in order
     train_plan, test_plan = (
         speech_kws_plan(n, 0, s) for s, n in zip(("train", "test"), SIZES, strict=True)
     )
-    split = load_speech_kws(*SIZES)
-    n_train_calls = len(torch.unique(_rows(train_plan), dim=0))
+    split = load_speech_kws(*SIZES)  # the training split is spoken before the test split
+    n_train_calls = len(torch.unique(speech._utterances(train_plan), dim=0))
     train, test = (
         {voice.split("+")[1] for voice in part}
         for part in (spoken[:n_train_calls], spoken[n_train_calls:])
     )
     assert train <= set(TRAIN_VOICES) and test <= set(TEST_VOICES)
     assert train and test and not train & test
-    assert len(spoken) == n_train_calls + len(torch.unique(_rows(test_plan), dim=0))
+    assert len(spoken) == n_train_calls + len(torch.unique(speech._utterances(test_plan), dim=0))
     # The labels are the plan's words.
     assert torch.equal(split.train.tensors[1], train_plan["word"])
     assert torch.equal(split.test.tensors[1], test_plan["word"])
-
-
-def _rows(plan):
-    return torch.stack([plan[k] for k in ("word", "accent", "voice", "speed", "pitch")], 1)
-
-
-class _InOrder:
-    """A ThreadPoolExecutor stand-in that runs every call in this thread, in order."""
-
-    def __init__(self, max_workers):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, items):
-        return [fn(item) for item in items]
 
 
 def test_plan_draws_every_voice_of_its_split_only():

@@ -9,7 +9,6 @@ and generated again.
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sievetrain.data.split import DataSplit, cached_split_problem
-from sievetrain.files import atomic_torch_save, cache_dir, load_cached
+from sievetrain.files import cached
 from sievetrain.options import as_int
 
 __all__ = [
@@ -70,15 +69,13 @@ def load_mnist1d(
             f"more than MNIST1D_MAX_SAMPLES={MNIST1D_MAX_SAMPLES}: generating them would take "
             f"about {duration} and {total * _MNIST1D_BYTES_PER_SAMPLE / 1e9:.1f} GB of memory"
         )
-    key = hashlib.sha256(repr(("mnist1d-v1", train_size, test_size, seed)).encode()).hexdigest()
-    path = cache_dir() / "mnist1d" / f"{key[:16]}.pt"
-    tensors = load_cached(
-        path, "MNIST-1D", lambda content: _mnist1d_problem(content, train_size, test_size)
+    tensors = cached(
+        "mnist1d",
+        ("mnist1d-v1", train_size, test_size, seed),
+        "MNIST-1D",
+        lambda content: _mnist1d_problem(content, train_size, test_size),
+        lambda: _make_mnist1d(train_size, test_size, seed),
     )
-    if tensors is None:
-        tensors = _make_mnist1d(train_size, test_size, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(tensors, path)
     x, y, x_test, y_test = (tensors[k] for k in ("x", "y", "x_test", "y_test"))
     return DataSplit(
         "mnist1d", TensorDataset(x, y), TensorDataset(x_test, y_test), 10, tuple(x.shape[1:])

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sievetrain.data.split import DataSplit, cached_split_problem
-from sievetrain.files import atomic_torch_save, cache_dir, load_cached
+from sievetrain.files import cached
 from sievetrain.options import as_int
 
 __all__ = [
@@ -119,20 +119,13 @@ def load_speech_kws(
             f"(about {(train_size + test_size) * 0.009 / 120:.0f} min of espeak-ng on 2 cores "
             f"and {(train_size + test_size) * N_MELS * SPEECH_KWS_FRAMES * 4 / 1e9:.1f} GB)"
         )
-    key = hashlib.sha256(repr((_VERSION, train_size, test_size, seed)).encode()).hexdigest()
-    path = cache_dir() / "speech-kws" / f"{key[:16]}.pt"
-    tensors = load_cached(
-        path, "speech-kws", lambda content: _cache_problem(content, train_size, test_size)
+    tensors = cached(
+        "speech-kws",
+        (_VERSION, train_size, test_size, seed),
+        "speech-kws",
+        lambda content: _cache_problem(content, train_size, test_size),
+        lambda: _make_speech_kws(train_size, test_size, seed),
     )
-    if tensors is None:
-        espeak = _find_espeak()
-        tensors = {"espeak_version": _espeak_version(espeak)}
-        for name, size, index in (("", train_size, 0), ("_test", test_size, 1)):
-            x, y = _make_split(espeak, size, seed, index)
-            tensors["x" + name], tensors["y" + name] = x, y
-        tensors["sha256"] = _checksum(tensors)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(tensors, path)
     x, y, x_test, y_test = (tensors[k] for k in ("x", "y", "x_test", "y_test"))
     return DataSplit(
         "speech-kws",
@@ -141,6 +134,16 @@ def load_speech_kws(
         len(SPEECH_KWS_WORDS),
         tuple(x.shape[1:]),
     )
+
+
+def _make_speech_kws(train_size: int, test_size: int, seed: int) -> dict[str, object]:
+    """Both splits, the espeak-ng version that spoke them and their SHA-256."""
+    espeak = _find_espeak()
+    tensors: dict[str, object] = {"espeak_version": _espeak_version(espeak)}
+    for name, size, index in (("", train_size, 0), ("_test", test_size, 1)):
+        tensors["x" + name], tensors["y" + name] = _make_split(espeak, size, seed, index)
+    tensors["sha256"] = _checksum(tensors)
+    return tensors
 
 
 def speech_kws_plan(size: int, seed: int, split: str) -> dict[str, torch.Tensor]:
@@ -169,15 +172,19 @@ def _plan(size: int, g: torch.Generator, voices: tuple[str, ...]) -> dict[str, t
     return plan
 
 
+def _utterances(plan: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The plan as rows ``(word, accent, voice, speed, pitch)``, one per sample."""
+    return torch.stack([plan[k] for k in ("word", "accent", "voice", "speed", "pitch")], 1)
+
+
 def _make_split(
     espeak: str, size: int, seed: int, split_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split's standardised log-mel features and labels."""
     g, voices = _generator(seed, split_index), (TRAIN_VOICES, TEST_VOICES)[split_index]
     plan = _plan(size, g, voices)
-    rows = torch.stack([plan[k] for k in ("word", "accent", "voice", "speed", "pitch")], 1)
     # One espeak-ng call per distinct utterance; `which` maps each sample to its clip.
-    unique, which = torch.unique(rows, dim=0, return_inverse=True)
+    unique, which = torch.unique(_utterances(plan), dim=0, return_inverse=True)
     calls = [
         (SPEECH_KWS_WORDS[w], f"{ACCENTS[a]}+{voices[v]}", SPEEDS[s], PITCHES[p])
         for w, a, v, s, p in unique.tolist()
